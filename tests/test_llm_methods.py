@@ -363,3 +363,8 @@ def test_whole_study_with_optimize(tmp_path):
         study.optimize(objective, n_trials=5)
     assert [t.user_attrs["proposal_source"] for t in study.trials] == ["llm"] * 5
     assert [t.user_attrs["config"]["DEPTH"] for t in study.trials] == [2, 3, 4, 5, 6]
+
+
+def test_unknown_option_warns(tmp_path):
+    with FakeLLMServer() as server, pytest.warns(UserWarning, match="unknown option"):
+        make("llambo", server, tmp_path, {"n_candidate": 3})

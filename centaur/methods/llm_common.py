@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,6 +200,7 @@ class LLMSampler(BaseSampler):
 
     method = "llm"
     default_fallback = "tpe"
+    options_known: frozenset[str] = frozenset({"metric", "fallback", "max_unavailable_in_row"})
 
     def __init__(self, ctx: MethodContext, client: LLMClient | None = None) -> None:
         self.space = ctx.space
@@ -213,6 +215,10 @@ class LLMSampler(BaseSampler):
         self._partner: BaseSampler | None = None
         self._unavailable_in_row = 0
         self._check_fallback()
+        unknown = set(self.options) - self.options_known
+        if unknown:  # a typo in [methods.NAME] would otherwise be ignored silently
+            warnings.warn(f"{self.method}: unknown option(s) {sorted(unknown)} ignored; known: "
+                          f"{sorted(self.options_known)}", stacklevel=2)
         self.client = client if client is not None else client_for(ctx)
 
     # -- Optuna interface ------------------------------------------------------------------------

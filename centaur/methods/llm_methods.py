@@ -68,6 +68,7 @@ class AgentHPSSampler(LLMSampler):
     answer is re-asked once, and a failed proposal uses the explicit fallback."""
 
     method = "agent-hps"
+    options_known = LLMSampler.options_known | {"history", "best_k", "temperature"}
 
     def __init__(self, ctx: MethodContext, client: LLMClient | None = None) -> None:
         super().__init__(ctx, client)
@@ -186,6 +187,10 @@ class LlamboSampler(LLMSampler):
     """
 
     method = "llambo"
+    options_known = LLMSampler.options_known | {
+        "n_candidates", "n_samples", "alpha", "max_rounds", "min_candidates", "pad_random", "failure_value",
+        "n_initial", "candidate_temperature", "surrogate_temperature", "top_p",
+    }
     default_alpha = 0.1
     default_samples = 10
     default_initial = 0

@@ -1,0 +1,123 @@
+"""`centaur surrogate ...`: fit, validate and query the surrogate of the reference study's task."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from centaur.surrogate.data import DEFAULT_CONFIG, HP_NAMES, TrialsFormatError, load_trials
+from centaur.surrogate.model import FitOptions, SurrogateModel, SurrogateVersionError, fit_surrogate
+
+app = typer.Typer(help="Surrogate of the reference study's task, fitted on its real trials.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+TrialsOpt = Annotated[Path, typer.Option("--trials", "-t", help="paper_trials_seeds01.json (format "
+                                         "{method: {seed: [trial, ...]}})")]
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Turn the expected failures into one red line and exit code 1 or 2, no traceback."""
+    try:
+        yield
+    except FileNotFoundError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    except (TrialsFormatError, SurrogateVersionError, ValueError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+
+
+@contextmanager
+def _spinner() -> Iterator[Callable[[str], None]]:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True) as progress:
+        task = progress.add_task("starting")
+        yield lambda msg: progress.update(task, description=msg)
+
+
+@app.command()
+def fit(
+    trials: TrialsOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the model (pickle)")],
+    include_code: Annotated[bool, typer.Option("--include-code/--no-include-code",
+                                               help="also fit on the Karpathy Agent (Code) trials")] = False,
+    n_models: Annotated[int, typer.Option(help="bagged LightGBM regressors in the ensemble")] = 5,
+    seed: Annotated[int, typer.Option(help="seed of the fit")] = 0,
+) -> None:
+    """Fit the surrogate on a trials file and save it."""
+    with _clear_errors():
+        with _spinner() as say:
+            say(f"loading {trials}")
+            df = load_trials(trials)
+            say(f"fitting on {len(df)} trials")
+            model = fit_surrogate(df, FitOptions(include_code=include_code, n_models=n_models, seed=seed))
+            say(f"saving {output}")
+            model.save(output)
+    m = model.meta
+    t = Table(title=f"surrogate saved to {output}", show_header=False)
+    for k, v in [("data sha256", m["data_sha256"][:16] + "…"), ("trials used", m["n_trials"]),
+                 ("successful", m["n_success"]), ("failed", m["n_failed"]),
+                 ("code trials", "in" if include_code else "out"), ("ensemble", f"{n_models} x LightGBM"),
+                 ("noise sd (median of repeats)", f"{model.noise.median_sd:.2e} ({model.noise.n_groups} groups)"),
+                 ("support threshold", f"{model.support_threshold:.3f}"), ("fit seconds", f"{m['fit_seconds']:.1f}")]:
+        t.add_row(k, str(v))
+    console.print(t)
+
+
+@app.command()
+def validate(
+    trials: TrialsOpt,
+    include_code: Annotated[bool, typer.Option("--include-code/--no-include-code")] = False,
+    methods: Annotated[bool, typer.Option("--methods/--no-methods", help="also leave-one-method-out")] = True,
+    n_models: Annotated[int, typer.Option(help="bagged regressors per fit")] = 5,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON")] = None,
+) -> None:
+    """Cross-seed and leave-one-method-out fidelity of the surrogate."""
+    from centaur.surrogate.validate import report_table, validate_surrogate
+
+    with _clear_errors():
+        with _spinner() as say:
+            report = validate_surrogate(trials, options=FitOptions(n_models=n_models), include_code=include_code,
+                                        methods=methods, progress=lambda s: say(f"fitting: {s}"))
+    console.print(report_table(report))
+    n = report["noise"]
+    console.print(f"noise: {n['groups']} groups of exact repeats ({n['trials']} trials): sd median "
+                  f"{n['median_sd']:.2e}, mean {n['mean_sd']:.2e}, pooled {n['pooled_sd']:.2e}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=1, default=str))
+        console.print(f"report written to {json_out}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", "-m", help="a model written by `fit`")],
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="NAME=VALUE over the defaults")] = None,
+    seed: Annotated[int, typer.Option(help="noise seed")] = 0,
+) -> None:
+    """Ask the surrogate about one configuration (Karpathy's defaults plus --set overrides)."""
+    with _clear_errors():
+        sm = SurrogateModel.load(model)
+        config: dict[str, Any] = dict(DEFAULT_CONFIG)
+        for item in set_ or []:
+            name, sep, value = item.partition("=")
+            name = name.strip().upper()
+            if not sep or name not in HP_NAMES:
+                raise ValueError(f"--set expects NAME=VALUE with NAME one of {', '.join(HP_NAMES)}; got {item!r}")
+            config[name] = value.strip() if name == "WINDOW_PATTERN" else float(value)
+        out = sm.evaluate(config, rng=np.random.default_rng(seed))
+    t = Table(show_header=False)
+    for k, v in out.as_dict().items():
+        t.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
+    console.print(t)

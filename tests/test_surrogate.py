@@ -1,0 +1,306 @@
+"""Tests of the surrogate of the reference study's task (centaur/surrogate)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("lightgbm")
+pytest.importorskip("pandas")
+
+from centaur.surrogate import features as F  # noqa: E402
+from centaur.surrogate.data import (  # noqa: E402
+    CODE_METHOD,
+    DEFAULT_CONFIG,
+    HP_NAMES,
+    TrialsFormatError,
+    load_trials,
+)
+from centaur.surrogate.model import (  # noqa: E402
+    FitOptions,
+    SurrogateModel,
+    SurrogateVersionError,
+    fit_surrogate,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "paper_trials_seeds01.json"
+needs_data = pytest.mark.skipif(not DATA.is_file(), reason=f"reference trials not found at {DATA} "
+                                "(../shared/data/paper_trials_seeds01.json relative to the repo root)")
+
+# Few trees: the suite checks behaviour, not the final fidelity (benchmarks/surrogate_bench.py does).
+SMALL = FitOptions(n_models=2, n_estimators=200, learning_rate=0.08, clf_estimators=150, cost_estimators=100)
+OOM_CONFIG = dict(DEFAULT_CONFIG, DEPTH=24, ASPECT_RATIO=128, DEVICE_BATCH_SIZE=256)
+
+
+@pytest.fixture(scope="module")
+def trials():
+    return load_trials(DATA)
+
+
+@pytest.fixture(scope="module")
+def model(trials) -> SurrogateModel:
+    return fit_surrogate(trials, SMALL)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+@needs_data
+def test_load_trials(trials) -> None:
+    assert len(trials) == 7338
+    assert {"method", "seed", "tid", *HP_NAMES, "val_bpb", "success", "wt"} <= set(trials.columns)
+    assert set(trials["seed"]) == {0, 1}
+    assert trials["method"].nunique() == 9
+    # val_bpb is NaN exactly for failures (the file's 100.0 / null / LLAMBO penalties are dropped)
+    assert trials.loc[~trials["success"], "val_bpb"].isna().all()
+    assert trials.loc[trials["success"], "val_bpb"].between(0.9, 3.0).all()
+    # the code agent's logger drops TOTAL_BATCH_SIZE = 2**19
+    assert trials.loc[trials["method"] == CODE_METHOD, "TOTAL_BATCH_SIZE"].isna().sum() > 600
+    assert len(trials.attrs["sha256"]) == 64
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_trials(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    with pytest.raises(TrialsFormatError):
+        load_trials(bad)
+    bad.write_text(json.dumps({"TPE": {"0": [{"tid": 0, "success": True, "wt": 300.0}]}}))
+    with pytest.raises(TrialsFormatError, match="missing"):
+        load_trials(bad)
+
+
+# -- features --------------------------------------------------------------------------------------
+
+
+def test_features_at_defaults() -> None:
+    ph = {k: float(v[0]) for k, v in F.physical(F.config_columns([DEFAULT_CONFIG])).items()}
+    assert ph["model_dim"] == 512 and ph["n_head"] == 4
+    assert ph["params_total"] == pytest.approx(50.3e6, rel=0.01)  # reference: ~50.3M
+    assert ph["params_nonembed"] == pytest.approx(25.2e6, rel=0.01)
+    assert ph["steps_300s"] == pytest.approx(953, rel=0.01)  # reference H100 point
+    assert ph["tokens_300s"] == pytest.approx(499.6e6)
+    assert ph["grad_accum"] == 2
+    assert 35 < ph["mem_gb"] < 50  # reference: ~45 GB peak at the defaults
+    x = F.feature_matrix(F.config_columns([DEFAULT_CONFIG]))
+    assert x.shape == (1, len(F.FEATURE_NAMES)) and np.isfinite(x).all()
+
+
+def test_bigger_models_cost_more() -> None:
+    small, big = F.config_columns([DEFAULT_CONFIG]), F.config_columns([OOM_CONFIG])
+    ps, pb = F.physical(small), F.physical(big)
+    for k in ("params_total", "flops_per_token", "mem_gb"):
+        assert pb[k][0] > ps[k][0]
+    assert pb["steps_300s"][0] < ps["steps_300s"][0]
+    assert pb["mem_gb"][0] > F.MEMORY_CAP_GB
+
+
+def test_window_patterns() -> None:
+    def long_frac(pattern: str, depth: int) -> float:
+        c = F.config_columns([dict(DEFAULT_CONFIG, WINDOW_PATTERN=pattern, DEPTH=depth)])
+        return float(F.physical(c)["long_frac"][0])
+
+    assert long_frac("SSSL", 8) == 2 / 8
+    assert long_frac("LLLL", 8) == 1.0
+    assert long_frac("SSSS", 8) == 1 / 8  # the last layer is always long
+    assert long_frac("SSSL", 6) == 2 / 6  # layer 3 and the forced last
+
+
+def test_snap_config() -> None:
+    s = F.snap_config(dict(DEFAULT_CONFIG, HEAD_DIM=100, DEVICE_BATCH_SIZE=96, TOTAL_BATCH_SIZE=70000,
+                           DEPTH=7.6, MATRIX_LR=5.0))
+    assert s["HEAD_DIM"] == 128  # nearest power of two
+    assert s["DEVICE_BATCH_SIZE"] == 64  # tie between 64 and 128 goes down
+    assert s["TOTAL_BATCH_SIZE"] == 131072  # raised to one micro-batch: 64 x 2048
+    assert s["DEPTH"] == 8 and s["MATRIX_LR"] == 0.2
+
+
+# -- model -----------------------------------------------------------------------------------------
+
+
+@needs_data
+def test_defaults_feasible_near_reference(model: SurrogateModel) -> None:
+    out = model.evaluate(DEFAULT_CONFIG, rng=np.random.default_rng(0))
+    assert out.feasible and out.in_support
+    assert out.noise_free == pytest.approx(0.991, abs=0.004)  # reference baseline 0.991-0.993 on H200
+    assert out.observed is not None and abs(out.observed - out.noise_free) < 0.01
+    assert out.cost_s == 300.0
+    assert out.distance_to_data < 1e-6  # the defaults were run many times
+
+
+@needs_data
+def test_oom_config(model: SurrogateModel) -> None:
+    out = model.evaluate(OOM_CONFIG, rng=np.random.default_rng(0))
+    assert not out.feasible and out.observed is None
+    assert math.isfinite(out.noise_free)  # still reported for analysis
+    assert 5.0 < out.cost_s < 120.0  # OOMs die during start-up
+
+
+@needs_data
+def test_evaluate_is_deterministic(model: SurrogateModel) -> None:
+    cfg = dict(DEFAULT_CONFIG, MATRIX_LR=0.06, WARMDOWN_RATIO=0.6)
+    a = model.evaluate(cfg, rng=np.random.default_rng(7))
+    b = model.evaluate(cfg, rng=np.random.default_rng(7))
+    c = model.evaluate(cfg, rng=np.random.default_rng(8))
+    assert a == b
+    assert a.noise_free == c.noise_free and a.observed != c.observed
+    batch1 = model.evaluate_batch([cfg, OOM_CONFIG, DEFAULT_CONFIG], rng=np.random.default_rng(3))
+    batch2 = model.evaluate_batch([cfg, OOM_CONFIG, DEFAULT_CONFIG], rng=np.random.default_rng(3))
+    assert batch1 == batch2
+    assert [o.feasible for o in batch1] == [True, False, True]
+
+
+@needs_data
+def test_out_of_support_penalty(model: SurrogateModel) -> None:
+    # a deep, narrow, feasible config with LRs unlike any successful trial (found by random search)
+    corner = dict(DEPTH=24, ASPECT_RATIO=36, HEAD_DIM=64, DEVICE_BATCH_SIZE=32, TOTAL_BATCH_SIZE=2**21,
+                  EMBEDDING_LR=0.014, UNEMBEDDING_LR=6.3e-4, MATRIX_LR=0.1, SCALAR_LR=0.12, WEIGHT_DECAY=0.48,
+                  WARMUP_RATIO=0.21, WARMDOWN_RATIO=0.63, FINAL_LR_FRAC=0.197, WINDOW_PATTERN="SSSS")
+    out = model.evaluate(corner, rng=np.random.default_rng(0))
+    assert out.distance_to_data > model.support_threshold and not out.in_support
+    expected = model.options.ood_slope * (out.distance_to_data - model.support_threshold)
+    assert out.penalty == pytest.approx(expected)
+    inside = model.evaluate(DEFAULT_CONFIG, rng=np.random.default_rng(0))
+    assert inside.penalty == 0.0
+
+
+@needs_data
+def test_noise_from_repeats(model: SurrogateModel) -> None:
+    n = model.noise
+    assert n.n_groups > 400
+    assert 1e-4 < n.median_sd < 1e-3  # reference: median sd ~1e-4 to 6e-4
+    assert n.sd_at(np.array([0.975]))[0] < n.sd_at(np.array([1.3]))[0]  # noisier in bad regions
+
+
+@needs_data
+def test_latency(model: SurrogateModel) -> None:
+    rng = np.random.default_rng(0)
+    model.evaluate(DEFAULT_CONFIG, rng=rng)
+    t0 = time.perf_counter()
+    for _ in range(50):
+        model.evaluate(DEFAULT_CONFIG, rng=rng)
+    assert (time.perf_counter() - t0) / 50 < 0.005
+
+
+@needs_data
+def test_save_load_roundtrip(model: SurrogateModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = model.save(tmp_path / "s.pkl")
+    loaded = SurrogateModel.load(path, expected_sha256=model.meta["data_sha256"])
+    cfg = dict(DEFAULT_CONFIG, DEPTH=10)
+    assert loaded.evaluate(cfg, rng=np.random.default_rng(1)) == model.evaluate(cfg, rng=np.random.default_rng(1))
+    with pytest.raises(SurrogateVersionError, match="data"):
+        SurrogateModel.load(path, expected_sha256="0" * 64)
+    import centaur.surrogate.model as M
+
+    monkeypatch.setattr(M, "FEATURE_VERSION", F.FEATURE_VERSION + 1)
+    with pytest.raises(SurrogateVersionError, match="feature version"):
+        SurrogateModel.load(path)
+    (tmp_path / "junk.pkl").write_bytes(b"junk")
+    with pytest.raises(SurrogateVersionError):
+        SurrogateModel.load(tmp_path / "junk.pkl")
+
+
+@needs_data
+def test_include_code_imputes_batch(trials) -> None:
+    m = fit_surrogate(trials, SMALL, include_code=True)
+    assert CODE_METHOD in m.meta["methods"]
+    assert m.meta["n_trials"] == len(trials)
+
+
+# -- validation ------------------------------------------------------------------------------------
+
+
+@needs_data
+def test_validate_cross_seed() -> None:
+    from centaur.surrogate.validate import format_report, validate_surrogate
+
+    report = validate_surrogate(DATA, options=SMALL, methods=False)
+    s = report["summary"]["seed"]
+    assert 0.93 < s["spearman"] <= 1.0
+    assert 0.7 < s["kendall"] <= 1.0
+    assert 0.0 < s["rmse"] < 0.05
+    assert s["feas_acc"] > 0.98 and s["feas_bacc"] > 0.97
+    assert 0.2 < s["comp_spearman"] < 0.95  # noise ~ the gaps between competitive configs
+    assert "seed 0 -> 1" in format_report(report)
+
+
+@needs_data
+@pytest.mark.slow
+def test_validate_leave_one_method_out() -> None:
+    from centaur.surrogate.validate import validate_surrogate
+
+    report = validate_surrogate(DATA, options=SMALL, methods=True)
+    rows = {r["name"]: r for r in report["splits"]}
+    assert rows["without TPE"]["spearman"] > 0.6
+    assert all(r["feas_acc"] > 0.97 for r in report["splits"])
+
+
+# -- task ------------------------------------------------------------------------------------------
+
+
+@needs_data
+def test_surrogate_task(model: SurrogateModel, tmp_path: Path) -> None:
+    pytest.importorskip("centaur.space")
+    from centaur.surrogate.task import OOM_ERROR, SurrogateTask
+    from centaur.tasks.base import Task, TrialStatus
+
+    task = SurrogateTask(model, noise_seed=3)
+    assert isinstance(task, Task)
+    assert set(task.space.names) == set(HP_NAMES)
+    assert "H200" in task.describe() and "val_bpb" in task.describe()
+    ok = task.evaluate(DEFAULT_CONFIG, trial_number=5, run_dir=tmp_path)
+    assert ok.status is TrialStatus.OK and ok.cost_s == 300.0
+    assert ok.metrics["val_bpb"] == ok.value and ok.metrics["training_seconds"] == 300.0
+    assert {"noise_free", "distance_to_data", "in_support"} <= set(ok.extra)
+    oom = task.evaluate(OOM_CONFIG, trial_number=6, run_dir=tmp_path)
+    assert oom.status is TrialStatus.OOM and oom.error == OOM_ERROR and oom.value is None
+    assert 0 < oom.cost_s < 300
+    # values depend on (noise_seed, trial_number) only, not on the evaluation order
+    again = SurrogateTask(model, noise_seed=3)
+    again.evaluate(OOM_CONFIG, trial_number=1, run_dir=tmp_path)
+    assert again.evaluate(DEFAULT_CONFIG, trial_number=5, run_dir=tmp_path).value == ok.value
+    assert task.evaluate(DEFAULT_CONFIG, trial_number=4, run_dir=tmp_path).value != ok.value
+    bad = task.evaluate(dict(DEFAULT_CONFIG, WINDOW_PATTERN="XYZ"), trial_number=7, run_dir=tmp_path)
+    assert bad.status is TrialStatus.INVALID and bad.error
+    snapped = task.evaluate(dict(DEFAULT_CONFIG, HEAD_DIM=100), trial_number=8, run_dir=tmp_path)
+    assert snapped.extra["snapped"] == {"HEAD_DIM": 128}
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+
+
+def test_cli_errors(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from centaur.surrogate.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["fit", "--trials", str(tmp_path / "missing.json"), "-o", str(tmp_path / "m.pkl")])
+    assert res.exit_code == 2 and "not found" in res.output and "Traceback" not in res.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    res = runner.invoke(app, ["validate", "--trials", str(bad)])
+    assert res.exit_code == 1 and "expected" in res.output
+
+
+@needs_data
+def test_cli_fit_and_evaluate(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from centaur.surrogate.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "m.pkl"
+    res = runner.invoke(app, ["fit", "--trials", str(DATA), "-o", str(out), "--n-models", "1"])
+    assert res.exit_code == 0, res.output
+    assert out.is_file()
+    res = runner.invoke(app, ["evaluate", "-m", str(out), "-s", "DEPTH=24", "-s", "ASPECT_RATIO=128",
+                              "-s", "DEVICE_BATCH_SIZE=256"])
+    assert res.exit_code == 0 and "False" in res.output

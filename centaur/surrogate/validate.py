@@ -223,3 +223,36 @@ def format_report(report: dict[str, Any], width: int = 200) -> str:
     console.print(f"noise: {n['groups']} repeat groups ({n['trials']} trials); sd median {n['median_sd']:.2e}, "
                   f"mean {n['mean_sd']:.2e}, pooled {n['pooled_sd']:.2e}")
     return console.export_text()
+
+
+def support_analysis(path: str | Path, *, options: FitOptions | None = None,
+                     progress: Progress | None = None) -> dict[str, Any]:
+    """Held-out error against the distance to the training data (cross-seed and leave-one-method-out
+    splits pooled), and the least-squares slope of the residual beyond the support threshold: the
+    evidence behind `FitOptions.ood_slope`."""
+    opts = replace(options or FitOptions(), ood_slope=0.0)
+    say = progress or (lambda _m: None)
+    df = prepare_training_frame(load_trials(path), include_code=False)
+    splits = [(df["seed"] == s, df["seed"] != s) for s in (0, 1)]
+    splits += [(df["method"] != m, df["method"] == m) for m in sorted(df["method"].unique())]
+    parts = []
+    for i, (tr, te) in enumerate(splits):
+        say(f"split {i + 1}/{len(splits)}")
+        model = fit_surrogate(df[tr], opts)
+        test = df[te & df["success"]]
+        p = model.predict_frame(test)
+        parts.append(pd.DataFrame({"res": test["val_bpb"].to_numpy() - p["raw"], "rel": p["distance"]
+                                   / model.support_threshold, "excess": np.maximum(
+                                       p["distance"] - model.support_threshold, 0.0), "pred": p["raw"]}))
+    r = pd.concat(parts, ignore_index=True)
+    edges = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, np.inf]
+    r["bin"] = pd.cut(r["rel"], edges, include_lowest=True)
+    bins = []
+    for b, g in r.groupby("bin", observed=True):
+        comp = g[g["pred"] < COMPETITIVE]
+        bins.append({"distance/threshold": str(b), "n": int(len(g)), "mean_residual": float(g["res"].mean()),
+                     "mae": float(g["res"].abs().mean()), "n_pred_competitive": int(len(comp)),
+                     "mean_residual_pred_competitive": float(comp["res"].mean()) if len(comp) else math.nan})
+    out = r[r["excess"] > 0]
+    slope = float((out["res"] * out["excess"]).sum() / (out["excess"] ** 2).sum()) if len(out) else math.nan
+    return {"bins": bins, "n_out": int(len(out)), "n": int(len(r)), "ls_slope_beyond_threshold": slope}

@@ -62,7 +62,7 @@ def client(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("llm-run")
     settings = LLMSettings(gguf=str(gguf), threads=1, context_tokens=4096, max_tokens=256, timeout_s=120)
     server = LocalServer.from_settings(settings, log_dir=run_dir)
-    with LLMClient(settings, log_path=run_dir / "llm_calls.jsonl", server=server) as c:
+    with server, LLMClient(settings, log_path=run_dir / "llm_calls.jsonl", server=server) as c:
         yield c
 
 

@@ -149,6 +149,7 @@ class LocalServer:
             "--n_threads_batch", str(self.threads),  # its default is every core, which would steal the trainer's
             "--n_ctx", str(self.n_ctx),
             "--model_alias", self.alias,
+            "--logits_all", "false",  # its default keeps n_ctx x n_vocab float logits: 1.3 GB more at n_ctx 8192
         ]
         assert self.log_path is not None
         with self.log_path.open("ab") as log:

@@ -368,3 +368,20 @@ def test_whole_study_with_optimize(tmp_path):
 def test_unknown_option_warns(tmp_path):
     with FakeLLMServer() as server, pytest.warns(UserWarning, match="unknown option"):
         make("llambo", server, tmp_path, {"n_candidate": 3})
+
+
+def test_random_initial_trials_respect_constraints(tmp_path):
+    from centaur.space.constraints import Constraint
+
+    constrained = SearchSpace(SPACE.params, constraints=(Constraint("DEPTH * HEAD_DIM <= 128"),))
+    with FakeLLMServer() as server:
+        client = LLMClient(LLMSettings(base_url=server.base_url, model="fake-model"))
+        ctx = MethodContext(space=constrained, seed=1, options={"n_initial": 5}, llm=client)
+        study = optuna.create_study(sampler=create_sampler("llambo-hub", ctx))
+        for _ in range(5):
+            trial = study.ask()
+            config = constrained.suggest(trial)
+            assert not constrained.violations(config)
+            assert study.trials[trial.number].user_attrs["proposal_source"] == "random-init"
+            study.tell(trial, 1.0)
+        assert server.chat_requests() == []

@@ -351,5 +351,10 @@ def random_config(space: SearchSpace, study: optuna.Study, trial: FrozenTrial, s
     """A seeded random configuration (of `names`, default the whole space) in real units: the same
     (seed, trial number, salt) always gives the same values."""
     rng = RandomSampler(seed=trial_seed(seed, trial.number, salt))
-    return {p.name: p.decode(rng.sample_independent(study, trial, p.key, p.distribution))
-            for p in space if names is None or p.name in names}
+    config: dict[str, Any] = {}
+    for _ in range(100):  # a whole configuration must satisfy the constraints: redraw until it does
+        config = {p.name: p.decode(rng.sample_independent(study, trial, p.key, p.distribution))
+                  for p in space if names is None or p.name in names}
+        if names is not None or not space.violations(config):
+            break
+    return config

@@ -57,7 +57,11 @@ def sample_config(space: SearchSpace, rng: random.Random, tries: int = 10_000) -
 
 
 def run(task: ScriptTask, config: dict[str, Any], seed: int | None, n: int, run_dir: Path) -> TrialResult:
-    task.extra_env = {} if seed is None else {"CENTAUR_SEED": str(seed)}
+    # The trial needs both the task directory (prepare.py) and this checkout (the launcher) on its path,
+    # whether or not centaur is installed.
+    task.extra_env = {"PYTHONPATH": os.pathsep.join([str(TRAIN.parent), str(ROOT)])}
+    if seed is not None:
+        task.extra_env["CENTAUR_SEED"] = str(seed)
     t0 = time.monotonic()
     result = task.evaluate(config, trial_number=n, run_dir=run_dir)
     m = result.metrics

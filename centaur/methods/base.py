@@ -1,0 +1,88 @@
+"""What every method gets, and helpers shared by our samplers."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from centaur.space import SearchSpace
+
+# Trial user attributes written by the study loop (see centaur.study.records).
+STATUS_ATTR = "status"  # TrialStatus value
+CONFIG_ATTR = "config"  # the configuration that ran, in real units
+SOURCE_ATTR = "proposal_source"  # who proposed it: sampler name, "baseline", "llm", "llm-fallback", ...
+
+
+class MethodError(ValueError):
+    """A method cannot be built (unknown name, bad option); the message says what to do."""
+
+
+@dataclass
+class MethodContext:
+    """Everything a method factory may need. Factories take what they use and ignore the rest."""
+
+    space: SearchSpace
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # method options from CLI/centaur.toml [methods.NAME]
+    task_description: str = ""  # for LLM prompts: generated from the task, with the real hardware and cap
+    penalty: float = 100.0  # objective value that failed trials were told with
+    run_dir: Path | None = None  # where a method may keep logs (LLM call logs ...)
+    llm: Any = None  # centaur.llm settings, when the method uses an LLM
+
+
+MethodFactory = Callable[[MethodContext], BaseSampler]
+_REGISTRY: dict[str, tuple[MethodFactory, str]] = {}
+
+
+def register(name: str, summary: str) -> Callable[[MethodFactory], MethodFactory]:
+    def deco(factory: MethodFactory) -> MethodFactory:
+        _REGISTRY[name] = (factory, summary)
+        return factory
+
+    return deco
+
+
+def available_methods() -> dict[str, str]:
+    _load_builtin_methods()
+    return {name: summary for name, (_, summary) in sorted(_REGISTRY.items())}
+
+
+def create_sampler(name: str, ctx: MethodContext) -> BaseSampler:
+    _load_builtin_methods()
+    if name not in _REGISTRY:
+        raise MethodError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name][0](ctx)
+
+
+def _load_builtin_methods() -> None:
+    import importlib
+
+    for module in ("classical", "catcma", "smac_sampler", "llm_methods", "centaur_sampler"):
+        try:
+            importlib.import_module(f"centaur.methods.{module}")
+        except ModuleNotFoundError as e:  # a module of a method not built yet, or an optional extra missing
+            if e.name not in (f"centaur.methods.{module}",):
+                raise
+
+
+def trial_seed(seed: int, number: int, salt: str = "") -> int:
+    """A per-trial seed: the same (seed, trial number) always gives the same stream, so a resumed
+    study does not replay the sequence it already ran."""
+    digest = hashlib.blake2b(f"{seed}:{number}:{salt}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
+
+
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+
+
+def set_trial_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
+    """Write a user attribute to a trial that is being sampled (samplers get FrozenTrials)."""
+    study._storage.set_trial_user_attr(trial._trial_id, key, value)

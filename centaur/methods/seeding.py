@@ -1,0 +1,59 @@
+"""Per-trial seeding of Optuna samplers, so a resumed study continues its random stream instead of
+replaying it from the start (the reference code's Random search repeated its first trials after
+every requeue)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.samplers._lazy_random_state import LazyRandomState
+from optuna.trial import FrozenTrial, TrialState
+
+from centaur.methods.base import trial_seed
+
+
+def _reseed(obj: Any, seed: int, number: int, path: str = "", depth: int = 0) -> None:
+    if depth > 3:
+        return
+    for name, value in list(vars(obj).items()):
+        if isinstance(value, LazyRandomState):
+            value.rng.seed(trial_seed(seed, number, path + name) % (2**32 - 1))
+        elif isinstance(value, BaseSampler):
+            _reseed(value, seed, number, f"{path}{name}.", depth + 1)
+
+
+class PerTrialSeeded(BaseSampler):
+    """Wraps an Optuna sampler; before each trial, its random states are seeded from (seed, trial number)."""
+
+    def __init__(self, inner: BaseSampler, seed: int, name: str) -> None:
+        self.inner = inner
+        self.seed = seed
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"{self.name}(seed={self.seed})"
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        _reseed(self.inner, self.seed, trial.number)
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()

@@ -1,0 +1,51 @@
+"""Write a configuration into a copy of a script, keeping its comments and formatting."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from centaur.space.extract import find_assignments
+
+
+class InjectionError(ValueError):
+    pass
+
+
+def format_value(value: Any) -> str:
+    """Python literal for a value, readable in a diff (floats keep full precision)."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        if value >= 1024 and value & (value - 1) == 0:
+            return f"2**{value.bit_length() - 1}"
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InjectionError(f"cannot write non-finite value {value!r}")
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value)
+    raise InjectionError(f"cannot write a value of type {type(value).__name__}: {value!r}")
+
+
+def inject(source: str, values: Mapping[str, Any], filename: str = "<script>") -> str:
+    """Replace the right-hand side of the first `NAME = ...` of each name with its new value."""
+    by_name = {a.name: a for a in find_assignments(source, filename)}
+    missing = sorted(set(values) - set(by_name))
+    if missing:
+        raise InjectionError(f"{filename}: no assignment of {missing} to replace")
+    lines = source.splitlines(keepends=True)
+    # Bottom-up, so earlier offsets stay valid.
+    for a in sorted((by_name[n] for n in values), key=lambda a: (a.lineno, a.col_offset), reverse=True):
+        first, last = lines[a.lineno - 1], lines[a.end_lineno - 1]
+        start = len(first.encode()[: a.col_offset].decode())
+        end = len(last.encode()[: a.end_col_offset].decode())
+        text = format_value(values[a.name])
+        if isinstance(values[a.name], str) and first[start:start + 1] == '"':
+            text = json.dumps(values[a.name])  # keep the script's quote style
+        new = first[:start] + text + last[end:]
+        lines[a.lineno - 1 : a.end_lineno] = [new]
+    return "".join(lines)

@@ -1,0 +1,115 @@
+"""Run a script as a subprocess in its own process group, with a timeout and a memory cap applied
+from outside the script."""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+# Variables a training script legitimately needs; everything else goes when the environment is scrubbed.
+_KEEP_ENV = re.compile(
+    r"^(PATH|HOME|USER|LOGNAME|LANG|LC_\w+|TZ|TMPDIR|TERM|PYTHONPATH|PYTHONHASHSEED|VIRTUAL_ENV|"
+    r"CUDA_\w+|NVIDIA_\w+|LD_LIBRARY_PATH|OMP_NUM_THREADS|MKL_NUM_THREADS|HF_HOME|XDG_CACHE_HOME|CENTAUR_\w+)$"
+)
+_SECRET_ENV = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+
+
+@dataclass
+class ProcessResult:
+    returncode: int | None
+    timed_out: bool
+    wall_s: float
+    log_path: Path
+    output: str  # the log's tail, enough for classification and metrics
+
+
+def scrubbed_environment(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if _KEEP_ENV.match(k) and not _SECRET_ENV.search(k)}
+
+
+def _limits(memory_cap_bytes: int | None):
+    def apply() -> None:
+        if memory_cap_bytes:
+            # RLIMIT_DATA covers heap and anonymous mmaps (what allocators use) but not the large
+            # virtual reservations that runtimes make, so it caps real use without breaking imports.
+            resource.setrlimit(resource.RLIMIT_DATA, (memory_cap_bytes, memory_cap_bytes))
+
+    return apply
+
+
+def run_script(
+    script: Path,
+    *,
+    cwd: Path,
+    log_path: Path,
+    timeout_s: float | None,
+    memory_cap_bytes: int | None = None,
+    gpu_memory_fraction: float | None = None,
+    scrub_env: bool = False,
+    extra_env: Mapping[str, str] | None = None,
+    python: str = sys.executable,
+    tail_bytes: int = 256 * 1024,
+) -> ProcessResult:
+    """Run `script` through the launcher; stdout and stderr go to `log_path`."""
+    env = dict(os.environ)
+    if scrub_env:
+        env = scrubbed_environment(env)
+    env["PYTHONUNBUFFERED"] = "1"
+    pythonpath = str(Path(__file__).resolve().parents[2])  # the launcher must import from any cwd
+    env["PYTHONPATH"] = pythonpath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if gpu_memory_fraction is not None:
+        env["CENTAUR_CUDA_MEM_FRACTION"] = str(gpu_memory_fraction)
+    env.update(extra_env or {})
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    timed_out = False
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [python, "-m", "centaur.runner.launch", str(script)],
+            cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=_limits(memory_cap_bytes),
+        )
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            kill_group(proc)
+        except BaseException:
+            kill_group(proc)  # the tuner is being stopped: never leave an orphaned training run
+            raise
+    wall = time.monotonic() - start
+    return ProcessResult(proc.returncode, timed_out, wall, log_path, read_tail(log_path, tail_bytes))
+
+
+def kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the whole process group, then SIGKILL what is left after a grace period."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # children that outlived the leader
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def read_tail(path: Path, n: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - n))
+        return f.read().decode("utf-8", errors="replace")

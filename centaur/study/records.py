@@ -1,0 +1,102 @@
+"""How a trial is recorded in the Optuna study, and summaries computed from those records.
+
+Every finished trial is COMPLETE with its objective value; a failed one carries the configured
+penalty as its value (so classical samplers learn to avoid it), a constraint value > 0, and its
+failure class in the user attribute `status`. A trial lost with its worker is FAIL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, STATUS_ATTR
+
+COST_ATTR = "cost_s"
+WALL_ATTR = "wall_s"
+SAMPLER_ATTR = "sampler_s"
+ALIVE_ATTR = "alive_at"
+STARTED_ATTR = "started_at"
+OWNER_ATTR = "owner"
+FEASIBLE_CONSTRAINT = "failed"
+
+# Study user attributes.
+STUDY_METHOD = "method"
+STUDY_SEED = "seed"
+STUDY_BUDGET = "budget_s"
+STUDY_TASK = "task"
+STUDY_PENALTY = "penalty"
+
+
+def status_of(t: FrozenTrial) -> str:
+    if t.state == TrialState.RUNNING:
+        return "running"
+    if t.state == TrialState.WAITING:
+        return "waiting"
+    return t.user_attrs.get(STATUS_ATTR, "ok" if t.state == TrialState.COMPLETE else "lost")
+
+
+def is_success(t: FrozenTrial) -> bool:
+    return t.state == TrialState.COMPLETE and status_of(t) == "ok" and t.value is not None and math.isfinite(t.value)
+
+
+def cost_of(t: FrozenTrial) -> float:
+    return float(t.user_attrs.get(COST_ATTR, 0.0)) if t.state.is_finished() else 0.0
+
+
+@dataclass
+class StudySummary:
+    name: str
+    method: str | None
+    seed: int | None
+    budget_s: float | None
+    n_finished: int = 0
+    n_running: int = 0
+    n_ok: int = 0
+    failures: Counter = field(default_factory=Counter)
+    used_s: float = 0.0
+    wall_s: float = 0.0
+    sampler_s: float = 0.0
+    llm_s: float = 0.0
+    llm_calls: int = 0
+    fallbacks: int = 0
+    best_value: float | None = None
+    best_trial: int | None = None
+    best_config: dict[str, Any] | None = None
+
+    @property
+    def budget_left_s(self) -> float | None:
+        return None if self.budget_s is None else max(0.0, self.budget_s - self.used_s)
+
+
+def summarize(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> StudySummary:
+    trials = trials if trials is not None else study.get_trials(deepcopy=False)
+    attrs = study.user_attrs
+    s = StudySummary(name=study.study_name, method=attrs.get(STUDY_METHOD), seed=attrs.get(STUDY_SEED),
+                     budget_s=attrs.get(STUDY_BUDGET))
+    for t in trials:
+        if t.state == TrialState.RUNNING:
+            s.n_running += 1
+            continue
+        if not t.state.is_finished():
+            continue
+        s.n_finished += 1
+        s.used_s += cost_of(t)
+        s.wall_s += float(t.user_attrs.get(WALL_ATTR, 0.0))
+        s.sampler_s += float(t.user_attrs.get(SAMPLER_ATTR, 0.0))
+        s.llm_s += float(t.user_attrs.get("llm_seconds", 0.0))
+        s.llm_calls += int(t.user_attrs.get("llm_calls", 0))
+        if str(t.user_attrs.get(SOURCE_ATTR, "")).startswith("llm-fallback"):
+            s.fallbacks += 1
+        if is_success(t):
+            s.n_ok += 1
+            if s.best_value is None or t.value < s.best_value:
+                s.best_value, s.best_trial, s.best_config = t.value, t.number, t.user_attrs.get(CONFIG_ATTR)
+        else:
+            s.failures[status_of(t)] += 1
+    return s

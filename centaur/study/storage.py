@@ -1,0 +1,52 @@
+"""Opening an Optuna storage from a URL: SQLite by default, journal files, PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+
+
+class StorageError(RuntimeError):
+    """The storage cannot be opened; the message says which URL and why."""
+
+
+def default_storage_url(run_dir: Path) -> str:
+    return f"sqlite:///{(Path(run_dir) / 'study.db').resolve()}"
+
+
+def open_storage(url: str) -> BaseStorage:
+    """`sqlite:///path.db`, `postgresql://user@host/db`, any SQLAlchemy URL, or `journal:PATH` for
+    Optuna's journal file storage (several processes on one machine)."""
+    try:
+        if url.startswith("journal:"):
+            path = Path(url[len("journal:"):]).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            # Several local processes may write at once: wait for the lock instead of failing.
+            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+        engine_kwargs = {"pool_pre_ping": True}
+        if url.startswith("postgresql"):
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        return RDBStorage(url, engine_kwargs=engine_kwargs)
+    except optuna.exceptions.StorageInternalError as e:
+        raise StorageError(f"cannot open storage {redact(url)}: {e.__cause__ or e}") from None
+    except (OSError, ValueError, ImportError) as e:
+        raise StorageError(f"cannot open storage {redact(url)}: {e}") from None
+    except Exception as e:  # SQLAlchemy raises its own hierarchy (OperationalError, ArgumentError ...)
+        if type(e).__module__.startswith("sqlalchemy"):
+            raise StorageError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
+        raise
+
+
+def redact(url: str) -> str:
+    """The URL without a password."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
+    return url

@@ -88,10 +88,12 @@ def load_config(path: Path | None) -> ProjectConfig:
         raise ConfigError(f"{path}: [space.params] must be a table of tables")
     for name, spec in params.items():
         if not isinstance(spec, dict):
-            raise ConfigError(f"{path}: [space.params.{name}] must be a table, e.g. type = \"int\", low = 1, high = 8")
+            raise ConfigError(f'{path}: [space.params.{name}] must be a table, e.g. type = "int", low = 1, high = 8')
         bad = set(spec) - _PARAM_KEYS
         if bad:
-            raise ConfigError(f"{path}: [space.params.{name}]: unknown key(s) {sorted(bad)}; known: {sorted(_PARAM_KEYS)}")
+            raise ConfigError(
+                f"{path}: [space.params.{name}]: unknown key(s) {sorted(bad)}; known: {sorted(_PARAM_KEYS)}"
+            )
     cfg.params = params
     return cfg
 

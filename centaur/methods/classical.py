@@ -26,8 +26,10 @@ def random_sampler(ctx: MethodContext) -> BaseSampler:
 def tpe_sampler(ctx: MethodContext) -> BaseSampler:
     opts = _options(ctx, {"n_startup_trials", "multivariate", "n_ei_candidates", "constant_liar"})
     sampler = optuna.samplers.TPESampler(
-        seed=ctx.seed, n_startup_trials=int(opts.get("n_startup_trials", 10)),
-        n_ei_candidates=int(opts.get("n_ei_candidates", 24)), multivariate=bool(opts.get("multivariate", False)),
+        seed=ctx.seed,
+        n_startup_trials=int(opts.get("n_startup_trials", 10)),
+        n_ei_candidates=int(opts.get("n_ei_candidates", 24)),
+        multivariate=bool(opts.get("multivariate", False)),
         constant_liar=bool(opts.get("constant_liar", True)),  # only matters with parallel workers
     )
     return PerTrialSeeded(sampler, ctx.seed, "tpe")
@@ -47,6 +49,9 @@ def gp_sampler(ctx: MethodContext) -> BaseSampler:
 def cmaes_optuna_sampler(ctx: MethodContext) -> BaseSampler:
     opts = _options(ctx, {"popsize", "sigma0"})
     sampler = optuna.samplers.CmaEsSampler(
-        seed=ctx.seed, popsize=opts.get("popsize"), sigma0=opts.get("sigma0"), warn_independent_sampling=False,
+        seed=ctx.seed,
+        popsize=opts.get("popsize"),
+        sigma0=opts.get("sigma0"),
+        warn_independent_sampling=False,
     )
     return PerTrialSeeded(sampler, ctx.seed, "cmaes-optuna")

@@ -4,5 +4,13 @@ from centaur.runner.inject import InjectionError, format_value, inject
 from centaur.runner.outcome import Outcome, classify, parse_metrics
 from centaur.runner.process import ProcessResult, run_script
 
-__all__ = ["InjectionError", "Outcome", "ProcessResult", "classify", "format_value", "inject", "parse_metrics",
-           "run_script"]
+__all__ = [
+    "InjectionError",
+    "Outcome",
+    "ProcessResult",
+    "classify",
+    "format_value",
+    "inject",
+    "parse_metrics",
+    "run_script",
+]

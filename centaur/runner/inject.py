@@ -44,8 +44,8 @@ def inject(source: str, values: Mapping[str, Any], filename: str = "<script>") -
         start = len(first.encode()[: a.col_offset].decode())
         end = len(last.encode()[: a.end_col_offset].decode())
         text = format_value(values[a.name])
-        if isinstance(values[a.name], str) and first[start:start + 1] == '"':
-            text = json.dumps(values[a.name])  # keep the script's quote style
+        if isinstance(values[a.name], str) and first[start : start + 1] == '"':
+            text = json.dumps(values[a.name], ensure_ascii=False)  # keep the script's quote style
         new = first[:start] + text + last[end:]
         lines[a.lineno - 1 : a.end_lineno] = [new]
     return "".join(lines)

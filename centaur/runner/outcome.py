@@ -9,16 +9,19 @@ from dataclasses import dataclass
 
 from centaur.tasks.base import TrialStatus
 
-METRIC_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):\s+(-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|-?nan|-?inf)\s*$",
-                         re.MULTILINE | re.IGNORECASE)
+METRIC_LINE = re.compile(
+    r"^([A-Za-z_][A-Za-z0-9_]*):\s+(-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|-?nan|-?inf)\s*$",
+    re.MULTILINE | re.IGNORECASE,
+)
 OOM_PATTERNS = re.compile(
     r"CUDA out of memory|OutOfMemoryError|out of memory|DefaultCPUAllocator: can't allocate memory|"
     r"\bMemoryError\b|std::bad_alloc|Cannot allocate memory|CUBLAS_STATUS_ALLOC_FAILED",
     re.IGNORECASE,
 )
 DIVERGED_PATTERNS = re.compile(r"^FAIL\b|loss diverged|\bdiverged\b", re.MULTILINE | re.IGNORECASE)
-INVALID_PATTERNS = re.compile(r"^INVALID:|^(SyntaxError|IndentationError|TabError|ModuleNotFoundError|ImportError)\b",
-                              re.MULTILINE)
+INVALID_PATTERNS = re.compile(
+    r"^INVALID:|^(SyntaxError|IndentationError|TabError|ModuleNotFoundError|ImportError)\b", re.MULTILINE
+)
 EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b.*)$", re.MULTILINE)
 
 
@@ -35,7 +38,9 @@ def parse_metrics(text: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in METRIC_LINE.finditer(text.replace("\r", "\n"))}
 
 
-def classify(returncode: int | None, output: str, metric: str, *, timed_out: bool, killed_by_cap: bool = False) -> Outcome:
+def classify(
+    returncode: int | None, output: str, metric: str, *, timed_out: bool, killed_by_cap: bool = False
+) -> Outcome:
     metrics = parse_metrics(output)
     value = metrics.get(metric)
     if timed_out:
@@ -44,7 +49,9 @@ def classify(returncode: int | None, output: str, metric: str, *, timed_out: boo
         if DIVERGED_PATTERNS.search(output):
             return Outcome(TrialStatus.DIVERGED, None, metrics, "the script reported a diverged run (FAIL)")
         if value is None:
-            return Outcome(TrialStatus.CRASH, None, metrics, f"exit code 0 but no '{metric}: <number>' line in the output")
+            return Outcome(
+                TrialStatus.CRASH, None, metrics, f"exit code 0 but no '{metric}: <number>' line in the output"
+            )
         if not math.isfinite(value):
             return Outcome(TrialStatus.DIVERGED, None, metrics, f"{metric} is {value}")
         return Outcome(TrialStatus.OK, value, metrics, None)

@@ -63,19 +63,26 @@ def run_script(
     if scrub_env:
         env = scrubbed_environment(env)
     env["PYTHONUNBUFFERED"] = "1"
-    pythonpath = str(Path(__file__).resolve().parents[2])  # the launcher must import from any cwd
-    env["PYTHONPATH"] = pythonpath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    extra = dict(extra_env or {})
+    # The launcher must import from any cwd; the caller's paths (sibling modules) come after it.
+    paths = [str(Path(__file__).resolve().parents[2]), extra.pop("PYTHONPATH", ""), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     if gpu_memory_fraction is not None:
         env["CENTAUR_CUDA_MEM_FRACTION"] = str(gpu_memory_fraction)
-    env.update(extra_env or {})
+    env.update(extra)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     timed_out = False
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [python, "-m", "centaur.runner.launch", str(script)],
-            cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_limits(memory_cap_bytes),
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_limits(memory_cap_bytes),
         )
         try:
             proc.wait(timeout=timeout_s)

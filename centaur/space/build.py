@@ -98,8 +98,11 @@ def load_space(script: Path | str) -> SearchSpace:
 def reference_space() -> SearchSpace:
     """The reference study's 14-hyperparameter space with Karpathy's defaults (section 3.2)."""
     params = tuple(curated_param(n, v) for n, v in AUTORESEARCH_DEFAULTS.items())
-    return SearchSpace(params, constants={"MAX_SEQ_LEN": AUTORESEARCH_SEQ_LEN},  # type: ignore[arg-type]
-                       constraints=(Constraint(BATCH_CONSTRAINT),))
+    return SearchSpace(
+        params,
+        constants={"MAX_SEQ_LEN": AUTORESEARCH_SEQ_LEN},  # type: ignore[arg-type]
+        constraints=(Constraint(BATCH_CONSTRAINT),),
+    )
 
 
 def _as_spec(param: Param) -> dict[str, Any]:
@@ -122,15 +125,24 @@ def _param_from_config(name: str, value: Any, spec: dict[str, Any], config: Proj
             choices = spec.get("choices")
             if not isinstance(choices, list) or not choices:
                 raise ConfigError(f"{where}: a categorical needs choices = [...]")
-            return Param(name, "categorical", default, choices=tuple(choices), source="config",
-                         help=spec.get("help", ""))
+            return Param(
+                name, "categorical", default, choices=tuple(choices), source="config", help=spec.get("help", "")
+            )
         for key in ("low", "high"):
             if key not in spec:
                 raise ConfigError(f"{where}: missing '{key}'")
             if isinstance(spec[key], bool) or not isinstance(spec[key], (int, float)):
                 raise ConfigError(f"{where}: '{key}' must be a number, not {spec[key]!r}")
-        return Param(name, kind, default, low=spec["low"], high=spec["high"], log=bool(spec.get("log", False)),
-                     source="config", help=spec.get("help", ""))
+        return Param(
+            name,
+            kind,
+            default,
+            low=spec["low"],
+            high=spec["high"],
+            log=bool(spec.get("log", False)),
+            source="config",
+            help=spec.get("help", ""),
+        )
     except SpaceError as e:
         raise ConfigError(f"{where}: {e}") from None
 

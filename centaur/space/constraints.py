@@ -9,12 +9,23 @@ from dataclasses import dataclass
 from typing import Any
 
 _BINOPS = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
 }
 _CMPOPS = {
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
 }
 
 
@@ -34,9 +45,25 @@ class Constraint:
         except SyntaxError as e:
             raise ConstraintError(f"constraint {self.expression!r} is not a valid expression: {e.msg}") from None
         for node in ast.walk(tree):
-            if not isinstance(node, (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.Name,
-                                     ast.Constant, ast.Load, ast.operator, ast.cmpop, ast.boolop, ast.unaryop,
-                                     ast.Tuple, ast.List)):
+            if not isinstance(
+                node,
+                (
+                    ast.Expression,
+                    ast.BinOp,
+                    ast.UnaryOp,
+                    ast.Compare,
+                    ast.BoolOp,
+                    ast.Name,
+                    ast.Constant,
+                    ast.Load,
+                    ast.operator,
+                    ast.cmpop,
+                    ast.boolop,
+                    ast.unaryop,
+                    ast.Tuple,
+                    ast.List,
+                ),
+            ):
                 raise ConstraintError(
                     f"constraint {self.expression!r}: {type(node).__name__} is not allowed "
                     "(use names, numbers, arithmetic, comparisons, and/or/not)"

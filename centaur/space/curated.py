@@ -29,16 +29,36 @@ AUTORESEARCH: dict[str, dict[str, Any]] = {
 
 # Karpathy's starting configuration (trial 0 of every method in the study).
 AUTORESEARCH_DEFAULTS: dict[str, Any] = {
-    "DEPTH": 8, "ASPECT_RATIO": 64, "HEAD_DIM": 128, "DEVICE_BATCH_SIZE": 128, "TOTAL_BATCH_SIZE": 2**19,
-    "EMBEDDING_LR": 0.6, "UNEMBEDDING_LR": 0.004, "MATRIX_LR": 0.04, "SCALAR_LR": 0.5, "WEIGHT_DECAY": 0.2,
-    "WARMUP_RATIO": 0.0, "WARMDOWN_RATIO": 0.5, "FINAL_LR_FRAC": 0.0, "WINDOW_PATTERN": "SSSL",
+    "DEPTH": 8,
+    "ASPECT_RATIO": 64,
+    "HEAD_DIM": 128,
+    "DEVICE_BATCH_SIZE": 128,
+    "TOTAL_BATCH_SIZE": 2**19,
+    "EMBEDDING_LR": 0.6,
+    "UNEMBEDDING_LR": 0.004,
+    "MATRIX_LR": 0.04,
+    "SCALAR_LR": 0.5,
+    "WEIGHT_DECAY": 0.2,
+    "WARMUP_RATIO": 0.0,
+    "WARMDOWN_RATIO": 0.5,
+    "FINAL_LR_FRAC": 0.0,
+    "WINDOW_PATTERN": "SSSL",
 }
 
 # Names that are properties of the task, never hyperparameters.
-TASK_CONSTANTS = frozenset({
-    "MAX_SEQ_LEN", "TIME_BUDGET", "EVAL_TOKENS", "EVAL_BYTES", "VOCAB_SIZE", "MAX_SHARD", "VAL_SHARD",
-    "H100_BF16_PEAK_FLOPS", "SEED",
-})
+TASK_CONSTANTS = frozenset(
+    {
+        "MAX_SEQ_LEN",
+        "TIME_BUDGET",
+        "EVAL_TOKENS",
+        "EVAL_BYTES",
+        "VOCAB_SIZE",
+        "MAX_SHARD",
+        "VAL_SHARD",
+        "H100_BF16_PEAK_FLOPS",
+        "SEED",
+    }
+)
 
 # TOTAL_BATCH_SIZE must split into whole micro-batches of DEVICE_BATCH_SIZE sequences.
 BATCH_CONSTRAINT = "TOTAL_BATCH_SIZE % (DEVICE_BATCH_SIZE * MAX_SEQ_LEN) == 0"

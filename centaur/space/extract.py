@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Any
 
 NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]*[A-Z0-9]$")
-_ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Pow: operator.pow,
-          ast.FloorDiv: operator.floordiv, ast.Div: operator.truediv}
+_ARITH = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Pow: operator.pow,
+    ast.FloorDiv: operator.floordiv,
+    ast.Div: operator.truediv,
+}
 
 
 class ScriptError(ValueError):
@@ -81,8 +87,9 @@ def find_assignments(source: str, filename: str = "<script>") -> list[Assignment
             v = constant_value(value)
         except (ValueError, ArithmeticError):
             continue
-        found[target.id] = Assignment(target.id, v, value.lineno, value.end_lineno or value.lineno,
-                                      value.col_offset, value.end_col_offset or 0)
+        found[target.id] = Assignment(
+            target.id, v, value.lineno, value.end_lineno or value.lineno, value.col_offset, value.end_col_offset or 0
+        )
     return sorted(found.values(), key=lambda a: (a.lineno, a.col_offset))
 
 

@@ -249,9 +249,7 @@ class SearchSpace:
 
     def key_of(self, config: Mapping[str, Any]) -> tuple:
         """A hashable identity of a configuration (floats rounded to 10 significant digits)."""
-        return tuple(
-            float(f"{config[n]:.10g}") if isinstance(config[n], float) else config[n] for n in self.names
-        )
+        return tuple(float(f"{config[n]:.10g}") if isinstance(config[n], float) else config[n] for n in self.names)
 
     def describe(self) -> str:
         lines = [p.describe() for p in self.params]

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, STATUS_ATTR, MethodContext, create_sampler
+from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, STATUS_ATTR
 from centaur.study.lost import HEARTBEAT_S, close_lost_trials, owner_tag
 from centaur.study.records import (
     ALIVE_ATTR,
@@ -117,11 +117,21 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
 
-def open_study(task: Task, *, method: str, seed: int, budget_s: float | None, storage: str, study_name: str,
-               penalty: float, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+def open_study(
+    task: Task,
+    *,
+    method: str,
+    seed: int,
+    budget_s: float | None,
+    storage: str,
+    study_name: str,
+    penalty: float,
+    sampler: optuna.samplers.BaseSampler | None = None,
+) -> optuna.Study:
     """Create or load the study; on creation, enqueue the script's defaults as trial 0 (the baseline)."""
-    study = optuna.create_study(storage=open_storage(storage), study_name=study_name, sampler=sampler,
-                                direction="minimize", load_if_exists=True)
+    study = optuna.create_study(
+        storage=open_storage(storage), study_name=study_name, sampler=sampler, direction="minimize", load_if_exists=True
+    )
     attrs = study.user_attrs
     if STUDY_METHOD in attrs:
         for key, want in ((STUDY_METHOD, method), (STUDY_SEED, seed)):
@@ -186,8 +196,9 @@ def run_worker(
     return TuneResult(study, summary, reason)
 
 
-def _run_one(task: Task, study: optuna.Study, *, run_dir: Path, penalty: float, progress: ProgressHook | None,
-             stop: _StopFlag) -> None:
+def _run_one(
+    task: Task, study: optuna.Study, *, run_dir: Path, penalty: float, progress: ProgressHook | None, stop: _StopFlag
+) -> None:
     t0 = time.perf_counter()
     trial = study.ask()
     config = task.space.suggest(trial)
@@ -229,8 +240,11 @@ def record_result(study: optuna.Study, trial: optuna.Trial, result: TrialResult,
     if result.log_path:
         attrs["log"] = result.log_path
     for key, value in result.extra.items():
-        if key != "log_tail" and isinstance(value, (int, float, str, bool)) and not (
-                isinstance(value, float) and not math.isfinite(value)):
+        if (
+            key != "log_tail"
+            and isinstance(value, (int, float, str, bool))
+            and not (isinstance(value, float) and not math.isfinite(value))
+        ):
             attrs[key] = value
     for key, value in attrs.items():
         trial.set_user_attr(key, value)

@@ -77,8 +77,12 @@ class StudySummary:
 def summarize(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> StudySummary:
     trials = trials if trials is not None else study.get_trials(deepcopy=False)
     attrs = study.user_attrs
-    s = StudySummary(name=study.study_name, method=attrs.get(STUDY_METHOD), seed=attrs.get(STUDY_SEED),
-                     budget_s=attrs.get(STUDY_BUDGET))
+    s = StudySummary(
+        name=study.study_name,
+        method=attrs.get(STUDY_METHOD),
+        seed=attrs.get(STUDY_SEED),
+        budget_s=attrs.get(STUDY_BUDGET),
+    )
     for t in trials:
         if t.state == TrialState.RUNNING:
             s.n_running += 1

@@ -22,11 +22,11 @@ def open_storage(url: str) -> BaseStorage:
     Optuna's journal file storage (several processes on one machine)."""
     try:
         if url.startswith("journal:"):
-            path = Path(url[len("journal:"):]).expanduser()
+            path = Path(url[len("journal:") :]).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
             # Several local processes may write at once: wait for the lock instead of failing.
             return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
         engine_kwargs = {"pool_pre_ping": True}

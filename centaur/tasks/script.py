@@ -62,18 +62,30 @@ class ScriptTask:
         env = {"PYTHONPATH": str(self.script.parent), **self.extra_env}  # sibling modules (prepare.py) import
         start = time.monotonic()
         proc = run_script(
-            work_copy, cwd=self.script.parent, log_path=trial_dir / "trial.log", timeout_s=self.trial_timeout_s,
-            memory_cap_bytes=runner.memory_cap_bytes, gpu_memory_fraction=runner.gpu_memory_fraction,
-            scrub_env=runner.scrub_env, extra_env=env,
+            work_copy,
+            cwd=self.script.parent,
+            log_path=trial_dir / "trial.log",
+            timeout_s=self.trial_timeout_s,
+            memory_cap_bytes=runner.memory_cap_bytes,
+            gpu_memory_fraction=runner.gpu_memory_fraction,
+            scrub_env=runner.scrub_env,
+            extra_env=env,
         )
         outcome = classify(proc.returncode, proc.output, self.metric, timed_out=proc.timed_out)
         wall = time.monotonic() - start
         training = outcome.metrics.get("training_seconds")
         ok = outcome.status is TrialStatus.OK
         cost = training if ok and training is not None and math.isfinite(training) else wall
-        return TrialResult(outcome.status, outcome.value, cost_s=cost, wall_s=wall, metrics=outcome.metrics,
-                           error=outcome.error, log_path=str(proc.log_path),
-                           extra={"returncode": proc.returncode, "log_tail": proc.output[-2000:]})
+        return TrialResult(
+            outcome.status,
+            outcome.value,
+            cost_s=cost,
+            wall_s=wall,
+            metrics=outcome.metrics,
+            error=outcome.error,
+            log_path=str(proc.log_path),
+            extra={"returncode": proc.returncode, "log_tail": proc.output[-2000:]},
+        )
 
     def describe(self) -> str:
         runner = self.config.runner

@@ -1,0 +1,246 @@
+"""The `centaur` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import optuna
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from centaur.api import BUNDLED_TASK, DEFAULT_METHOD, DEFAULT_RUN_ROOT, resolve_task, tune
+from centaur.config import ConfigError
+from centaur.llm.errors import LLMError
+from centaur.methods.base import MethodError, available_methods
+from centaur.runner.inject import inject
+from centaur.space import ScriptError, SpaceError
+from centaur.space.constraints import ConstraintError
+from centaur.study.loop import StudyMismatch
+from centaur.study.records import summarize
+from centaur.study.storage import StorageError, default_storage_url, open_storage
+from centaur.units import format_duration
+
+app = typer.Typer(help="Tune the hyperparameters of training scripts under a compute budget.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+USER_ERRORS = (
+    ScriptError,
+    SpaceError,
+    ConfigError,
+    ConstraintError,
+    MethodError,
+    StorageError,
+    StudyMismatch,
+    LLMError,
+    FileNotFoundError,
+    ValueError,
+)
+
+
+def _fail(e: Exception) -> None:
+    err.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(2)
+
+
+def _register_surrogate() -> None:
+    try:
+        from centaur.surrogate.cli import app as surrogate_app
+    except ImportError:
+        return
+    app.add_typer(surrogate_app, name="surrogate", help="Fit and validate the surrogate of the reference study.")
+
+
+@app.command()
+def space(
+    script: Annotated[Path, typer.Argument(help="training script (default: the bundled GPT task)")] = BUNDLED_TASK,
+    write: Annotated[bool, typer.Option("--write", help="write a commented centaur.toml beside the script")] = False,
+) -> None:
+    """Show the search space extracted from SCRIPT."""
+    from centaur.space import load_space
+    from centaur.space.toml_writer import write_config
+
+    try:
+        sp = load_space(script)
+    except USER_ERRORS as e:
+        _fail(e)
+    table = Table(title=f"search space of {script}")
+    for col in ("name", "type", "range / choices", "log", "default", "source"):
+        table.add_column(col)
+    for p in sp:
+        rng = str(p.values if p.kind in ("pow2", "categorical") else f"[{p.low:g}, {p.high:g}]")
+        table.add_row(p.name, p.kind, rng, "yes" if p.log else "", repr(p.default), p.source)
+    console.print(table)
+    for name, why in getattr(sp, "skipped", {}).items():
+        console.print(f"  not tuned: {name} ({why})")
+    for c in sp.constraints:
+        console.print(f"  constraint: {c.expression}  (a violating configuration is recorded as invalid, not run)")
+    if write:
+        path = write_config(script, sp)
+        console.print(f"wrote {path}")
+
+
+@app.command("tune")
+def tune_cmd(
+    script: Annotated[
+        str | None, typer.Argument(help="script path, 'gpt' (bundled, default) or 'surrogate[:TRIALS]'")
+    ] = None,
+    method: Annotated[
+        str, typer.Option("--method", "-m", help="optimization method (see `centaur methods`)")
+    ] = DEFAULT_METHOD,
+    budget: Annotated[str, typer.Option(help="compute budget, e.g. 24h, 90m, 600s")] = "24h",
+    n_trials: Annotated[int | None, typer.Option("--n-trials", help="stop after this many trials in this run")] = None,
+    trial_timeout: Annotated[
+        str | None, typer.Option(help="kill a trial after this long (overrides centaur.toml)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of the method")] = 0,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: SQLite in the run dir)")] = None,
+    study_name: Annotated[str | None, typer.Option(help="study name (default: TASK-METHOD-seedN)")] = None,
+    run_dir: Annotated[Path, typer.Option(help="where studies, trial copies and logs go")] = DEFAULT_RUN_ROOT,
+    penalty: Annotated[float, typer.Option(help="objective value failed trials are told with")] = 100.0,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", "-o", help="method option KEY=VALUE (repeatable)")
+    ] = None,
+) -> None:
+    """Tune SCRIPT. Running the same command again resumes the study."""
+    from centaur.progress import RichProgress
+    from centaur.units import parse_duration
+
+    try:
+        options = _parse_options(option or [])
+        task = resolve_task(script)
+        if trial_timeout is not None and hasattr(task, "config"):
+            task.config.runner.trial_timeout_s = parse_duration(trial_timeout)
+        result = tune(
+            task,
+            method=method,
+            budget=budget,
+            n_trials=n_trials,
+            seed=seed,
+            storage=storage,
+            study_name=study_name,
+            run_dir=run_dir,
+            penalty=penalty,
+            method_options=options,
+            progress=RichProgress(console),
+        )
+    except USER_ERRORS as e:
+        _fail(e)
+    s = result.summary
+    console.print(
+        f"[bold]{s.name}[/]: {result.stop_reason}; {s.n_finished} trials, best {s.best_value} (trial {s.best_trial})"
+    )
+    if s.best_config:
+        console.print_json(json.dumps(s.best_config))
+
+
+@app.command()
+def methods() -> None:
+    """List the available methods."""
+    for name, summary in available_methods().items():
+        console.print(f"[bold]{name:14}[/] {summary}")
+
+
+def _load(storage: str | None, run_dir: Path, study_name: str | None) -> list[optuna.Study]:
+    url = storage or default_storage_url(run_dir)
+    if storage is None and not (run_dir / "study.db").exists():
+        raise FileNotFoundError(f"no studies in {run_dir} (run `centaur tune` first, or pass --storage)")
+    st = open_storage(url)
+    names = [study_name] if study_name else [s.study_name for s in optuna.get_all_study_summaries(st)]
+    try:
+        return [optuna.load_study(study_name=n, storage=st) for n in names]
+    except KeyError:
+        raise FileNotFoundError(f"no study named {study_name!r} in {url}") from None
+
+
+@app.command()
+def status(
+    study_name: Annotated[str | None, typer.Option(help="one study (default: all)")] = None,
+    storage: Annotated[str | None, typer.Option()] = None,
+    run_dir: Annotated[Path, typer.Option()] = DEFAULT_RUN_ROOT,
+) -> None:
+    """Progress of studies: trials, best, failures by class, budget used, LLM use."""
+    try:
+        studies = _load(storage, run_dir, study_name)
+    except USER_ERRORS as e:
+        _fail(e)
+    table = Table()
+    for col in (
+        "study",
+        "method",
+        "trials",
+        "running",
+        "best",
+        "failures",
+        "budget used",
+        "optimizer s",
+        "LLM s",
+        "fallbacks",
+    ):
+        table.add_column(col)
+    for st in studies:
+        s = summarize(st)
+        budget = (
+            f"{format_duration(s.used_s)} / {format_duration(s.budget_s)}" if s.budget_s else format_duration(s.used_s)
+        )
+        fails = ", ".join(f"{k} {v}" for k, v in sorted(s.failures.items())) or "0"
+        table.add_row(
+            s.name,
+            str(s.method),
+            str(s.n_finished),
+            str(s.n_running),
+            f"{s.best_value:.6f}" if s.best_value is not None else "-",
+            fails,
+            budget,
+            f"{s.sampler_s:.1f}",
+            f"{s.llm_s:.1f}",
+            str(s.fallbacks),
+        )
+    console.print(table)
+
+
+@app.command()
+def best(
+    study_name: Annotated[str, typer.Option(help="study name")],
+    storage: Annotated[str | None, typer.Option()] = None,
+    run_dir: Annotated[Path, typer.Option()] = DEFAULT_RUN_ROOT,
+    script: Annotated[Path | None, typer.Option(help="write a copy of this script with the best config")] = None,
+    output: Annotated[Path | None, typer.Option("-o", help="where to write the copy")] = None,
+) -> None:
+    """Best configuration of a study, and optionally a copy of the script with it applied."""
+    try:
+        (st,) = _load(storage, run_dir, study_name)
+        s = summarize(st)
+        if s.best_config is None:
+            raise ValueError(f"study {study_name!r} has no successful trial yet")
+        console.print(f"best {s.best_value:.6f} at trial {s.best_trial}")
+        console.print_json(json.dumps(s.best_config))
+        if script is not None:
+            out = output or script.with_name(f"{script.stem}_best{script.suffix}")
+            out.write_text(inject(script.read_text(encoding="utf-8"), s.best_config, str(script)), encoding="utf-8")
+            console.print(f"wrote {out}")
+    except USER_ERRORS as e:
+        _fail(e)
+
+
+def _parse_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--option takes KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+_register_surrogate()
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

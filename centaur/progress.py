@@ -1,0 +1,63 @@
+"""Live progress display of a tuning run (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optuna.trial import FrozenTrial
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from centaur.study.records import StudySummary, status_of
+from centaur.units import format_duration
+
+
+class RichProgress:
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self.bar = Progress(
+            TextColumn("[bold]budget"),
+            BarColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        self.task_id = self.bar.add_task("", total=1.0)
+        self.line = Text("")
+        self.live = Live(Group(self.bar, self.line), console=self.console, refresh_per_second=4)
+
+    def _update(self, s: StudySummary, current: str = "") -> None:
+        total = s.budget_s or 1.0
+        self.bar.update(
+            self.task_id,
+            completed=min(s.used_s, total),
+            total=total,
+            description=f"{format_duration(s.used_s)} / {format_duration(total)}",
+        )
+        fails = ", ".join(f"{k} {v}" for k, v in sorted(s.failures.items())) or "none"
+        best = f"{s.best_value:.6f} (trial {s.best_trial})" if s.best_value is not None else "-"
+        self.line = Text(f"trials {s.n_finished}  best {best}  failures: {fails}  {current}")
+        self.live.update(Group(self.bar, self.line))
+
+    def on_start(self, summary: StudySummary) -> None:
+        self.live.start()
+        self.summary = summary
+        self._update(summary, "(resumed)" if summary.n_finished else "")
+
+    def on_trial_start(self, number: int, config: dict[str, Any]) -> None:
+        self._update(self.summary, f"| running trial {number}")
+
+    def on_trial_end(self, trial: FrozenTrial, summary: StudySummary) -> None:
+        self.summary = summary
+        value = f"{trial.value:.6f}" if status_of(trial) == "ok" and trial.value is not None else status_of(trial)
+        self.live.console.print(
+            f"trial {trial.number:4d}  {value:>10}  cost {format_duration(trial.user_attrs.get('cost_s', 0))}"
+            f"  source {trial.user_attrs.get('proposal_source', '')}"
+        )
+        self._update(summary)
+
+    def on_stop(self, reason: str, summary: StudySummary) -> None:
+        self._update(summary, f"| stopped: {reason}")
+        self.live.stop()

@@ -168,3 +168,9 @@ def test_cli_errors_for_bad_scripts(tmp_path: Path) -> None:
     for path, message in ((bad, "syntax error"), (none, "no tunable"), (script, "not valid TOML")):
         res = CliRunner().invoke(app, ["space", str(path)])
         assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_proposal_source_written_by_a_sampler_is_kept(tmp_path: Path) -> None:
+    r = centaur.tune(QUAD, method="tpe", budget="3s", run_dir=tmp_path)
+    sources = [t.user_attrs["proposal_source"] for t in r.study.get_trials()]
+    assert sources == ["baseline", "tpe", "tpe"]

@@ -207,8 +207,9 @@ def _run_one(
     trial.set_user_attr(OWNER_ATTR, owner_tag())
     trial.set_user_attr(STARTED_ATTR, time.time())
     trial.set_user_attr(SAMPLER_ATTR, sampler_s)
-    if SOURCE_ATTR not in trial.user_attrs:
-        trial.set_user_attr(SOURCE_ATTR, type(study.sampler).__name__)
+    # Samplers write their own attributes straight to storage (the Trial object's cache misses them).
+    if SOURCE_ATTR not in study._storage.get_trial(trial._trial_id).user_attrs:
+        trial.set_user_attr(SOURCE_ATTR, getattr(study.sampler, "name", type(study.sampler).__name__))
     if progress:
         progress.on_trial_start(trial.number, config)
     started = time.monotonic()

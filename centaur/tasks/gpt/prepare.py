@@ -109,6 +109,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache may be shared between users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -168,8 +168,8 @@ def status(
     except USER_ERRORS as e:
         _fail(e)
     table = Table()
+    table.add_column("study", no_wrap=True)
     for col in (
-        "study",
         "method",
         "trials",
         "running",

@@ -29,6 +29,7 @@ def open_storage(url: str) -> BaseStorage:
             Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
             # Several local processes may write at once: wait for the lock instead of failing.
             return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+        url = _with_installed_driver(url)
         engine_kwargs = {"pool_pre_ping": True}
         if url.startswith("postgresql"):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
@@ -41,6 +42,17 @@ def open_storage(url: str) -> BaseStorage:
         if type(e).__module__.startswith("sqlalchemy"):
             raise StorageError(f"cannot open storage {redact(url)}: {str(e).splitlines()[0]}") from None
         raise
+
+
+def _with_installed_driver(url: str) -> str:
+    """SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; use psycopg2 when only that is installed."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
 
 
 def redact(url: str) -> str:

@@ -19,7 +19,7 @@ from centaur.study.records import summarize
 from centaur.study.storage import default_storage_url
 
 QUAD = Path(__file__).parent / "fixtures" / "quadratic" / "train.py"
-CLASSICAL = ["random", "tpe", "cmaes-optuna", "gp"]
+CLASSICAL = ["random", "tpe", "cmaes", "cmaes-optuna", "gp"]
 
 
 @pytest.mark.parametrize("method", CLASSICAL)

@@ -58,11 +58,12 @@ class CatCmaSampler(BaseSampler):
             values = list(range(int(p.low), int(p.high) + 1))
         return [self._unit(p, v) for v in values]
 
-    def _new_optimizer(self) -> CatCMAwM:
+    def _new_optimizer(self, centre: dict[str, Any] | None = None) -> CatCMAwM:
         x_space = [[0.0, 1.0]] * len(self.floats) or None
         z_space = [self._z_values(p) for p in self.ints] or None
         c_space = [len(p.choices) for p in self.cats] or None
-        mean = np.array([self._unit(p, p.default) for p in self.floats + self.ints])
+        centre = centre or self.space.defaults()
+        mean = np.array([self._unit(p, centre[p.name]) for p in self.floats + self.ints])
         return CatCMAwM(
             x_space=x_space,
             z_space=z_space,
@@ -87,6 +88,10 @@ class CatCmaSampler(BaseSampler):
             config[p.name] = p.choices[int(np.argmax(onehot[: len(p.choices)]))]
         for p in self.singles:
             config[p.name] = p.choices[0]
+        return config
+
+    def _config_of(self, sol: CatCMAwM.Solution) -> dict[str, Any]:
+        config = self._decode(CatCMAwM.Solution(sol.x, sol.z, sol.c, sol._v_raw))
         return config
 
     def _solution_of(self, config: dict[str, Any], opt: CatCMAwM) -> CatCMAwM.Solution:
@@ -126,7 +131,15 @@ class CatCmaSampler(BaseSampler):
                 if V_ATTR in t.system_attrs:  # CMA's own sample: keep its raw (unrepaired) vector
                     sol = CatCMAwM.Solution(sol.x, sol.z, sol.c, np.array(t.system_attrs[V_ATTR]))
                 solutions.append((sol, float(t.value)))
-            opt.tell(solutions)
+            try:
+                opt.tell(solutions)
+            except (np.linalg.LinAlgError, ValueError, FloatingPointError, AssertionError):
+                # A degenerate covariance: restart around the best point so far, keeping the
+                # generation count so trial tags stay unambiguous.
+                best = min(solutions, key=lambda s: s[1])[0]
+                generation = opt.generation + 1
+                opt = self._new_optimizer(self._config_of(best))
+                opt._g = generation
             self._save(study, opt)
 
     # -- Optuna sampler interface ----------------------------------------------------------------

@@ -57,6 +57,18 @@ class LLMCall:
     time: float = field(default_factory=time.time)
 
 
+def _seconds(calls: Sequence[LLMCall]) -> float:
+    return sum(c.latency_s for c in calls)
+
+
+def _prompt_tokens(calls: Sequence[LLMCall]) -> int:
+    return sum(c.prompt_tokens or 0 for c in calls)
+
+
+def _completion_tokens(calls: Sequence[LLMCall]) -> int:
+    return sum(c.completion_tokens or 0 for c in calls)
+
+
 @dataclass
 class LLMReply:
     """The completions of one logical request (possibly several HTTP calls when the server ignores `n`)."""
@@ -70,15 +82,15 @@ class LLMReply:
 
     @property
     def latency_s(self) -> float:
-        return sum(c.latency_s for c in self.calls)
+        return _seconds(self.calls)
 
     @property
     def prompt_tokens(self) -> int:
-        return sum(c.prompt_tokens or 0 for c in self.calls)
+        return _prompt_tokens(self.calls)
 
     @property
     def completion_tokens(self) -> int:
-        return sum(c.completion_tokens or 0 for c in self.calls)
+        return _completion_tokens(self.calls)
 
     def objects(self) -> list[dict[str, Any] | None]:
         return [extract_json(t) for t in self.texts]
@@ -97,15 +109,15 @@ class CallTracker:
 
     @property
     def seconds(self) -> float:
-        return sum(c.latency_s for c in self.calls)
+        return _seconds(self.calls)
 
     @property
     def prompt_tokens(self) -> int:
-        return sum(c.prompt_tokens or 0 for c in self.calls)
+        return _prompt_tokens(self.calls)
 
     @property
     def completion_tokens(self) -> int:
-        return sum(c.completion_tokens or 0 for c in self.calls)
+        return _completion_tokens(self.calls)
 
     @property
     def max_prompt_tokens(self) -> int:

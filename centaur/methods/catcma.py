@@ -90,10 +90,6 @@ class CatCmaSampler(BaseSampler):
             config[p.name] = p.choices[0]
         return config
 
-    def _config_of(self, sol: CatCMAwM.Solution) -> dict[str, Any]:
-        config = self._decode(CatCMAwM.Solution(sol.x, sol.z, sol.c, sol._v_raw))
-        return config
-
     def _solution_of(self, config: dict[str, Any], opt: CatCMAwM) -> CatCMAwM.Solution:
         x = np.array([self._unit(p, config[p.name]) for p in self.floats]) if self.floats else None
         z = np.array([self._unit(p, config[p.name]) for p in self.ints]) if self.ints else None
@@ -138,7 +134,7 @@ class CatCmaSampler(BaseSampler):
                 # generation count so trial tags stay unambiguous.
                 best = min(solutions, key=lambda s: s[1])[0]
                 generation = opt.generation + 1
-                opt = self._new_optimizer(self._config_of(best))
+                opt = self._new_optimizer(self._decode(best))
                 opt._g = generation
             self._save(study, opt)
 

@@ -19,7 +19,8 @@ from centaur.methods.base import MethodError, available_methods
 from centaur.runner.inject import inject
 from centaur.space import ScriptError, SpaceError
 from centaur.space.constraints import ConstraintError
-from centaur.study.loop import StudyMismatch
+from centaur.study.durable import StorageUnavailable
+from centaur.study.loop import RunDirError, StudyMismatch
 from centaur.study.records import summarize
 from centaur.study.storage import StorageError, default_storage_url, open_storage
 from centaur.units import format_duration
@@ -35,6 +36,8 @@ USER_ERRORS = (
     MethodError,
     StorageError,
     StudyMismatch,
+    RunDirError,
+    StorageUnavailable,
     LLMError,
     FileNotFoundError,
     ValueError,
@@ -52,6 +55,14 @@ def _register_surrogate() -> None:
     except ImportError:
         return
     app.add_typer(surrogate_app, name="surrogate", help="Fit and validate the surrogate of the reference study.")
+
+
+def _register_bench() -> None:
+    from centaur.bench.cli import bench
+    from centaur.report.cli import report
+
+    app.command("bench")(bench)
+    app.command("report")(report)
 
 
 @app.command()
@@ -104,13 +115,27 @@ def tune_cmd(
     option: Annotated[
         list[str] | None, typer.Option("--option", "-o", help="method option KEY=VALUE (repeatable)")
     ] = None,
+    workers: Annotated[int, typer.Option(help="worker processes on this machine, sharing the study and budget")] = 1,
+    gpus: Annotated[
+        str | None, typer.Option(help="GPUs for the workers, one each, e.g. 0,1,2,3 (sets CUDA_VISIBLE_DEVICES)")
+    ] = None,
+    llm_ratio: Annotated[float | None, typer.Option(help="centaur: share of trials proposed by the LLM (0.3)")] = None,
+    llm_warmup: Annotated[int | None, typer.Option(help="centaur: trials before the first LLM turn (10)")] = None,
+    no_cma_state: Annotated[
+        bool, typer.Option("--no-cma-state", help="centaur: the LLM sees the history only, not CMA-ES's state")
+    ] = False,
+    cma_backend: Annotated[
+        str | None, typer.Option(help="centaur: CMA-ES backend, 'cmaes' (ours) or 'cmaes-optuna'")
+    ] = None,
 ) -> None:
     """Tune SCRIPT. Running the same command again resumes the study."""
     from centaur.progress import RichProgress
+    from centaur.study.workers import parse_gpus
     from centaur.units import parse_duration
 
     try:
         options = _parse_options(option or [])
+        options.update(_centaur_options(method, llm_ratio, llm_warmup, no_cma_state, cma_backend))
         task = resolve_task(script)
         if trial_timeout is not None and hasattr(task, "config"):
             task.config.runner.trial_timeout_s = parse_duration(trial_timeout)
@@ -126,6 +151,8 @@ def tune_cmd(
             penalty=penalty,
             method_options=options,
             progress=RichProgress(console),
+            workers=workers,
+            gpus=parse_gpus(gpus),
         )
     except USER_ERRORS as e:
         _fail(e)
@@ -135,6 +162,32 @@ def tune_cmd(
     )
     if s.best_config:
         console.print_json(json.dumps(s.best_config))
+
+
+@app.command()
+def worker(
+    storage: Annotated[str, typer.Option(help="the study's storage URL, e.g. postgresql://user@host/db")],
+    study: Annotated[str, typer.Option("--study", help="name of the study to join (started by `centaur tune`)")],
+    script: Annotated[
+        str | None, typer.Option(help="the training script on this machine (default: the path the study recorded)")
+    ] = None,
+    run_dir: Annotated[Path, typer.Option(help="where this worker's trial copies and logs go")] = DEFAULT_RUN_ROOT,
+    n_trials: Annotated[int | None, typer.Option("--n-trials", help="stop after this many trials")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="one line per trial instead of a live display")] = False,
+) -> None:
+    """Join an existing study as one more worker (another GPU, another machine, a SLURM array task)."""
+    from centaur.progress import RichProgress
+    from centaur.study.workers import LineProgress, join_study
+
+    try:
+        result = join_study(
+            storage, study, run_root=run_dir, script=script, n_trials=n_trials,
+            progress=LineProgress() if quiet else RichProgress(console),
+        )  # fmt: skip
+    except USER_ERRORS as e:
+        _fail(e)
+    s = result.summary
+    console.print(f"[bold]{s.name}[/]: {result.stop_reason}; {s.n_finished} trials in the study, best {s.best_value}")
 
 
 @app.command()
@@ -220,10 +273,23 @@ def best(
         console.print_json(json.dumps(s.best_config))
         if script is not None:
             out = output or script.with_name(f"{script.stem}_best{script.suffix}")
-            out.write_text(inject(script.read_text(encoding="utf-8"), s.best_config, str(script)), encoding="utf-8")
+            edited = st.user_attrs.get("agent_code:best_source")  # agent-code: the best script is edited code
+            text = edited or inject(script.read_text(encoding="utf-8"), s.best_config, str(script))
+            out.write_text(text, encoding="utf-8")
             console.print(f"wrote {out}")
     except USER_ERRORS as e:
         _fail(e)
+
+
+def _centaur_options(method: str, ratio: float | None, warmup: int | None, no_state: bool,
+                     backend: str | None) -> dict:
+    """The ablation switches of `centaur` as method options; an error for any other method."""
+    given = {"llm_ratio": ratio, "llm_warmup": warmup, "cma_state": False if no_state else None, "backend": backend}
+    given = {k: v for k, v in given.items() if v is not None}
+    if given and method != "centaur":
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise MethodError(f"{flags}: only for --method centaur, not {method!r}")
+    return given
 
 
 def _parse_options(items: list[str]) -> dict:
@@ -240,6 +306,7 @@ def _parse_options(items: list[str]) -> dict:
 
 
 _register_surrogate()
+_register_bench()
 
 
 def main() -> None:  # pragma: no cover

@@ -31,3 +31,36 @@ def test_cmaes_same_seed_same_sequence(tmp_path: Path) -> None:
     assert [t.user_attrs["config"] for t in a.study.get_trials()] == [
         t.user_attrs["config"] for t in b.study.get_trials()
     ]
+
+
+def test_cmaes_uses_every_result_when_parallel_trials_finish_out_of_order() -> None:
+    import optuna
+
+    from centaur.methods.catcma import TOLD, CatCmaSampler
+    from centaur.space import Param, SearchSpace
+
+    space = SearchSpace((Param("X", "float", 0.5, low=0.0, high=1.0), Param("N", "int", 3, low=1, high=8)))
+    sampler = CatCmaSampler(space, seed=0, popsize=4)
+    study = optuna.create_study(sampler=sampler)
+    running = []
+    for _ in range(6):  # six workers ask before any result is in: all six are tagged generation 0
+        trial = study.ask()
+        space.suggest(trial)
+        running.append(trial)
+    for trial in reversed(running[2:]):  # trials 5, 4, 3, 2 finish first
+        study.tell(trial, float(trial.number))
+    nxt = study.ask()  # generation 0 is complete: CMA-ES is updated with trials 2-5
+    space.suggest(nxt)
+    assert study._storage.get_trial(nxt._trial_id).system_attrs[GEN_ATTR] == 1
+    for trial in running[:2]:  # the stragglers finish after their generation was updated
+        study.tell(trial, 0.5)
+    study.tell(nxt, 1.0)
+    for _ in range(2):
+        t = study.ask()
+        space.suggest(t)
+        study.tell(t, 2.0)
+    last = study.ask()  # generation 1 = the stragglers 0 and 1 plus trials 6 and 7: full, so CMA-ES moved on
+    space.suggest(last)
+    assert study._storage.get_trial(last._trial_id).system_attrs[GEN_ATTR] == 2
+    opt = sampler._load(study)
+    assert getattr(opt, TOLD) == set(range(8))  # every result was told exactly once

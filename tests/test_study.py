@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import centaur
 from centaur.cli import app
 from centaur.study.records import summarize
-from centaur.study.storage import default_storage_url
+from centaur.study.storage import default_storage_url, open_storage
 
 QUAD = Path(__file__).parent / "fixtures" / "quadratic" / "train.py"
 CLASSICAL = ["random", "tpe", "cmaes", "cmaes-optuna", "gp"]
@@ -82,21 +82,25 @@ def test_sigkill_mid_study_then_resume(tmp_path: Path) -> None:
         str(run_dir),
     ]
     env = {**os.environ, "QUAD_SLEEP": "2.0"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = open(tmp_path / "tune.log", "w")  # noqa: SIM115 - kept open for the subprocess
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     storage = default_storage_url(run_dir)
     deadline = time.time() + 120
     reached = False
-    while time.time() < deadline and not reached:
+    states: list = []
+    while time.time() < deadline and not reached and proc.poll() is None:
         time.sleep(0.3)
         try:
-            study = optuna.load_study(study_name="quadratic-cmaes-optuna-seed0", storage=storage)
+            study = optuna.load_study(study_name="quadratic-cmaes-optuna-seed0", storage=open_storage(storage))
             states = [t.state for t in study.get_trials()]
         except Exception:
             continue
         reached = states.count(optuna.trial.TrialState.COMPLETE) >= 3 and states[-1] == optuna.trial.TrialState.RUNNING
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert reached, "the study never reached a running trial after 3 finished ones"
+    log.close()
+    output = (tmp_path / "tune.log").read_text()[-3000:]
+    assert reached, f"never saw a running trial after 3 finished ones; states {states}; tune said:\n{output}"
     before = optuna.load_study(study_name="quadratic-cmaes-optuna-seed0", storage=storage).get_trials()
     done_before = {t.number: t.user_attrs["config"] for t in before if t.state.is_finished()}
     used_before = sum(t.user_attrs.get("cost_s", 0) for t in before if t.state.is_finished())

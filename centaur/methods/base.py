@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
@@ -64,7 +65,7 @@ def create_sampler(name: str, ctx: MethodContext) -> BaseSampler:
 def _load_builtin_methods() -> None:
     import importlib
 
-    for module in ("classical", "catcma", "smac_sampler", "llm_methods", "centaur_sampler"):
+    for module in ("classical", "catcma", "smac_sampler", "llm_methods", "centaur_sampler", "agent_code"):
         try:
             importlib.import_module(f"centaur.methods.{module}")
         except ModuleNotFoundError as e:  # a module of a method not built yet, or an optional extra missing
@@ -77,6 +78,15 @@ def trial_seed(seed: int, number: int, salt: str = "") -> int:
     study does not replay the sequence it already ran."""
     digest = hashlib.blake2b(f"{seed}:{number}:{salt}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "little")
+
+
+def seeded_random_value(
+    study: optuna.Study, trial: FrozenTrial, seed: int, name: str, distribution: BaseDistribution
+) -> Any:
+    """A random value of one parameter, seeded by (seed, trial number, name): reproducible and not
+    replayed after a resume. For parameters a relative sampler leaves to `sample_independent`."""
+    sampler = optuna.samplers.RandomSampler(seed=trial_seed(seed, trial.number, name) % (2**32 - 1))
+    return sampler.sample_independent(study, trial, name, distribution)
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:

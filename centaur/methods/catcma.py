@@ -3,8 +3,10 @@
 or joined run continues from the last generation.
 
 Encoding: floats go to [0, 1] (after log where the parameter is log-scale); integers and pow2
-exponents are discrete values in [0, 1]; categoricals are one-hot. Trials whose parameters were fixed
-(the baseline, enqueued or LLM-proposed points) are told to CMA-ES with exactly those values.
+exponents are discrete values in [0, 1]; categoricals are one-hot. The search starts like the reference
+study's CMA-ES (centre of the box, isotropic step 1/6 of the range), unless options say otherwise.
+Trials whose parameters did not come from CMA-ES's own sample (the baseline, enqueued points, points
+proposed by an LLM in Centaur) are told to CMA-ES with exactly the values that ran.
 """
 
 from __future__ import annotations
@@ -17,22 +19,45 @@ import numpy as np
 import optuna
 from cmaes import CatCMAwM
 from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler, RandomSampler
+from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from centaur.methods.base import MethodContext, MethodError, register, trial_seed
+from centaur.methods.base import STATUS_ATTR, MethodContext, MethodError, register, seeded_random_value, trial_seed
 from centaur.space import Param, SearchSpace
 
 STATE_ATTR = "catcma:state"
 GEN_ATTR = "catcma:generation"
-V_ATTR = "catcma:v"
+V_ATTR = "catcma:v"  # CMA-ES's raw (unrepaired) sample for its own points
+EXTERNAL_ATTR = "catcma:external"  # set on points proposed by someone else (Centaur's LLM turns)
+TOLD = "_centaur_told"  # attribute of the pickled optimizer: numbers of the trials it was told
+DEFAULT_SIGMA0 = 1 / 6
+FAILURE_POLICIES = ("worst", "skip", "penalty")
 
 
 class CatCmaSampler(BaseSampler):
+    """CMA-ES over the whole space. Failures rank behind every success of their generation.
+    `external_failures` says how a failed external point (an LLM's) is told: "worst" like CMA-ES's own
+    failures (behind the worst success: it cannot pull the mean), "skip" not at all, "penalty" with the
+    study's penalty value (as the reference did)."""
+
     def __init__(
-        self, space: SearchSpace, seed: int = 0, popsize: int | None = None, sigma0: float | None = None
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        popsize: int | None = None,
+        sigma0: float | None = None,
+        start: str = "centre",
+        external_failures: str = "worst",
     ) -> None:
-        self.space, self.seed, self.popsize, self.sigma0 = space, seed, popsize, sigma0
+        if start not in ("centre", "defaults"):
+            raise MethodError(f"cmaes: start must be 'centre' or 'defaults', not {start!r}")
+        if external_failures not in FAILURE_POLICIES:
+            raise MethodError(f"cmaes: failure policy must be one of {FAILURE_POLICIES}, not {external_failures!r}")
+        if sigma0 is not None and not 0 < float(sigma0) <= 1:
+            raise MethodError(f"cmaes: sigma0 is a fraction of each range, in (0, 1]; got {sigma0}")
+        self.space, self.seed, self.popsize = space, seed, popsize
+        self.sigma0 = float(sigma0) if sigma0 is not None else DEFAULT_SIGMA0
+        self.start, self.external_failures = start, external_failures
         self.name = "cmaes"
         self.floats = [p for p in space if p.kind == "float"]
         self.ints = [p for p in space if p.kind in ("int", "pow2")]
@@ -43,7 +68,8 @@ class CatCmaSampler(BaseSampler):
 
     # -- encoding --------------------------------------------------------------------------------
     @staticmethod
-    def _unit(p: Param, value: float) -> float:
+    def unit(p: Param, value: float) -> float:
+        """A numeric value on CMA-ES's [0, 1] scale (log where the parameter is log-scale or pow2)."""
         lo, hi, v = float(p.low), float(p.high), float(value)
         if p.kind == "pow2":
             lo, hi, v = math.log2(lo), math.log2(hi), math.log2(v)
@@ -51,35 +77,53 @@ class CatCmaSampler(BaseSampler):
             lo, hi, v = math.log(lo), math.log(hi), math.log(v)
         return 0.0 if hi == lo else (v - lo) / (hi - lo)
 
-    def _z_values(self, p: Param) -> list[float]:
+    @staticmethod
+    def from_unit(p: Param, u: float) -> float:
+        """The inverse of `unit`, unrounded (for showing CMA-ES's state in real units)."""
+        lo, hi = float(p.low), float(p.high)
         if p.kind == "pow2":
-            values = p.values
-        else:
-            values = list(range(int(p.low), int(p.high) + 1))
-        return [self._unit(p, v) for v in values]
+            return 2 ** (math.log2(lo) + u * (math.log2(hi) - math.log2(lo)))
+        if p.log:
+            return math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+        return lo + u * (hi - lo)
 
-    def _new_optimizer(self, centre: dict[str, Any] | None = None) -> CatCMAwM:
+    @property
+    def numeric(self) -> list[Param]:
+        """Parameters in the order of CMA-ES's Gaussian vector."""
+        return self.floats + self.ints
+
+    def _z_values(self, p: Param) -> list[float]:
+        values = p.values if p.kind == "pow2" else list(range(int(p.low), int(p.high) + 1))
+        return [self.unit(p, v) for v in values]
+
+    def new_optimizer(self, centre: dict[str, Any] | None = None, sigma: float | None = None) -> CatCMAwM:
         x_space = [[0.0, 1.0]] * len(self.floats) or None
         z_space = [self._z_values(p) for p in self.ints] or None
         c_space = [len(p.choices) for p in self.cats] or None
-        centre = centre or self.space.defaults()
-        mean = np.array([self._unit(p, centre[p.name]) for p in self.floats + self.ints])
-        return CatCMAwM(
+        if centre is None and self.start == "defaults":
+            centre = self.space.defaults()
+        mean = (
+            np.array([self.unit(p, centre[p.name]) for p in self.numeric])
+            if centre is not None
+            else np.full(len(self.numeric), 0.5)
+        )
+        opt = CatCMAwM(
             x_space=x_space,
             z_space=z_space,
             c_space=c_space,
             population_size=self.popsize,
             mean=mean,
-            sigma=self.sigma0 or 0.3,
+            sigma=sigma or self.sigma0,
+            cov=np.eye(len(self.numeric)),  # isotropic in the unit box, as the study's CMA-ES
             seed=self.seed,
         )
+        setattr(opt, TOLD, set())
+        return opt
 
-    def _decode(self, sol: CatCMAwM.Solution) -> dict[str, Any]:
+    def decode(self, sol: CatCMAwM.Solution) -> dict[str, Any]:
         config: dict[str, Any] = {}
         for p, u in zip(self.floats, sol.x if sol.x is not None else [], strict=False):
-            lo, hi = (math.log(p.low), math.log(p.high)) if p.log else (float(p.low), float(p.high))
-            v = lo + float(u) * (hi - lo)
-            config[p.name] = min(max(math.exp(v) if p.log else v, p.low), p.high)
+            config[p.name] = min(max(self.from_unit(p, float(u)), p.low), p.high)
         for p, u in zip(self.ints, sol.z if sol.z is not None else [], strict=False):
             values = p.values if p.kind == "pow2" else list(range(int(p.low), int(p.high) + 1))
             units = self._z_values(p)
@@ -90,9 +134,9 @@ class CatCmaSampler(BaseSampler):
             config[p.name] = p.choices[0]
         return config
 
-    def _solution_of(self, config: dict[str, Any], opt: CatCMAwM) -> CatCMAwM.Solution:
-        x = np.array([self._unit(p, config[p.name]) for p in self.floats]) if self.floats else None
-        z = np.array([self._unit(p, config[p.name]) for p in self.ints]) if self.ints else None
+    def solution_of(self, config: dict[str, Any]) -> CatCMAwM.Solution:
+        x = np.array([self.unit(p, config[p.name]) for p in self.floats]) if self.floats else None
+        z = np.array([self.unit(p, config[p.name]) for p in self.ints]) if self.ints else None
         v = np.concatenate([a for a in (x, z) if a is not None])
         c = None
         if self.cats:
@@ -105,28 +149,67 @@ class CatCmaSampler(BaseSampler):
     # -- state in the study ----------------------------------------------------------------------
     def _load(self, study: optuna.Study) -> CatCMAwM:
         blob = study._storage.get_study_system_attrs(study._study_id).get(STATE_ATTR)
-        return pickle.loads(bytes.fromhex(blob)) if blob else self._new_optimizer()
+        opt = pickle.loads(bytes.fromhex(blob)) if blob else self.new_optimizer()
+        if not hasattr(opt, TOLD):  # the trial numbers already told travel with the pickled optimizer
+            setattr(opt, TOLD, set())
+        return opt
 
     def _save(self, study: optuna.Study, opt: CatCMAwM) -> None:
         study._storage.set_study_system_attr(study._study_id, STATE_ATTR, pickle.dumps(opt).hex())
 
+    def state(self, study: optuna.Study) -> CatCMAwM:
+        """The optimizer, updated with every complete generation of finished trials."""
+        return self._update(study, self._load(study))
+
+    def _members(self, study: optuna.Study, opt: CatCMAwM) -> list[FrozenTrial]:
+        """Finished trials not yet told, asked at this generation or earlier: a result that came in after
+        its own generation was updated (parallel workers, out of order) joins the next one, as an
+        injected point, instead of being dropped."""
+        told = getattr(opt, TOLD)
+        members = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.system_attrs.get(GEN_ATTR, opt.generation + 1) <= opt.generation
+            and t.number not in told
+            and t.value is not None
+        ]
+        if self.external_failures == "skip":
+            members = [t for t in members if not (t.system_attrs.get(EXTERNAL_ATTR) and _failed(t))]
+        return sorted(members, key=lambda t: t.number)
+
+    def _values(self, members: list[FrozenTrial]) -> list[float]:
+        """The values CMA-ES ranks. A failure is placed just behind the generation's worst success
+        instead of at the penalty: ranks are the same, but a penalty of 100 would blow up the
+        interquartile range CatCMAwM scales its boundary penalties with, and then every clipped sample
+        would rank below an out-of-memory one. Failed external points follow `external_failures`."""
+        ok = [float(t.value) for t in members if not _failed(t)]  # type: ignore[arg-type]
+        if not ok:
+            return [float(t.value) for t in members]  # type: ignore[arg-type]
+        worst = max(ok)
+        values = []
+        for i, t in enumerate(members):
+            if not _failed(t) or (self.external_failures == "penalty" and t.system_attrs.get(EXTERNAL_ATTR)):
+                values.append(float(t.value))  # type: ignore[arg-type]
+            else:
+                values.append(worst + 1e-9 * (i + 1))
+        return values
+
     def _update(self, study: optuna.Study, opt: CatCMAwM) -> CatCMAwM:
         """Tell every full generation of finished trials that the stored optimizer has not seen."""
         while True:
-            members = [
-                t
-                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.system_attrs.get(GEN_ATTR) == opt.generation and t.value is not None
-            ]
+            members = self._members(study, opt)
             if len(members) < opt.population_size:
                 return opt
-            members = sorted(members, key=lambda t: t.number)[: opt.population_size]
+            members = members[: opt.population_size]  # any extra ones wait for the next generation
+            told = getattr(opt, TOLD) | {t.number for t in members}
             solutions = []
-            for t in members:
-                sol = self._solution_of(self.space.decode(t.params), opt)
-                if V_ATTR in t.system_attrs:  # CMA's own sample: keep its raw (unrepaired) vector
-                    sol = CatCMAwM.Solution(sol.x, sol.z, sol.c, np.array(t.system_attrs[V_ATTR]))
-                solutions.append((sol, float(t.value)))
+            for t, value in zip(members, self._values(members), strict=True):
+                sol = self.solution_of(self.space.decode(t.params))
+                raw = t.system_attrs.get(V_ATTR)
+                own_current = not t.system_attrs.get(EXTERNAL_ATTR) and t.system_attrs.get(GEN_ATTR) == opt.generation
+                if raw is not None and own_current:
+                    sol = CatCMAwM.Solution(sol.x, sol.z, sol.c, np.array(raw))  # CMA's own, unrepaired sample
+                solutions.append((sol, value))
             try:
                 opt.tell(solutions)
             except (np.linalg.LinAlgError, ValueError, FloatingPointError, AssertionError):
@@ -134,9 +217,28 @@ class CatCmaSampler(BaseSampler):
                 # generation count so trial tags stay unambiguous.
                 best = min(solutions, key=lambda s: s[1])[0]
                 generation = opt.generation + 1
-                opt = self._new_optimizer(self._decode(best))
+                opt = self.new_optimizer(self.decode(best))
                 opt._g = generation
+            setattr(opt, TOLD, told)
             self._save(study, opt)
+
+    # -- asking, in two steps so Centaur can replace CMA-ES's proposal ---------------------------
+    def propose(self, study: optuna.Study, trial: FrozenTrial) -> tuple[dict[str, Any], CatCMAwM.Solution, CatCMAwM]:
+        """Tag the trial with the current generation and draw CMA-ES's own sample for it (seeded by
+        the trial number, so a resume does not replay earlier draws)."""
+        opt = self.state(study)
+        study._storage.set_trial_system_attr(trial._trial_id, GEN_ATTR, opt.generation)
+        opt._rng = np.random.RandomState(trial_seed(self.seed, trial.number, "catcma") % (2**32 - 1))
+        sol = opt.ask()
+        return self.decode(sol), sol, opt
+
+    @staticmethod
+    def mark_own(study: optuna.Study, trial: FrozenTrial, sol: CatCMAwM.Solution) -> None:
+        study._storage.set_trial_system_attr(trial._trial_id, V_ATTR, [float(v) for v in sol._v_raw])
+
+    @staticmethod
+    def mark_external(study: optuna.Study, trial: FrozenTrial) -> None:
+        study._storage.set_trial_system_attr(trial._trial_id, EXTERNAL_ATTR, True)
 
     # -- Optuna sampler interface ----------------------------------------------------------------
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
@@ -145,33 +247,48 @@ class CatCmaSampler(BaseSampler):
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        opt = self._update(study, self._load(study))
-        storage = study._storage
-        storage.set_trial_system_attr(trial._trial_id, GEN_ATTR, opt.generation)
         if trial.system_attrs.get("fixed_params"):
-            return {}  # an enqueued point: it runs as given and is told to CMA-ES as such
-        opt._rng = np.random.RandomState(trial_seed(self.seed, trial.number, "catcma") % (2**32 - 1))
-        sol = opt.ask()
-        storage.set_trial_system_attr(trial._trial_id, V_ATTR, [float(v) for v in sol._v_raw])
-        return self.space.encode(self._decode(sol))
+            opt = self.state(study)  # an enqueued point: it runs as given and is told to CMA-ES as such
+            study._storage.set_trial_system_attr(trial._trial_id, GEN_ATTR, opt.generation)
+            return {}
+        config, sol, _ = self.propose(study, trial)
+        self.mark_own(study, trial, sol)
+        return self.space.encode(config)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
-        # Points that bypassed sample_relative (the enqueued baseline) join the current generation.
+        # Points that bypassed sample_relative join the current generation (the trial is still writable here).
         if GEN_ATTR not in trial.system_attrs and state == TrialState.COMPLETE:
             study._storage.set_trial_system_attr(trial._trial_id, GEN_ATTR, self._load(study).generation)
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        rng_sampler = RandomSampler(seed=trial_seed(self.seed, trial.number, param_name) % (2**32 - 1))
-        return rng_sampler.sample_independent(study, trial, param_name, param_distribution)
+        return seeded_random_value(study, trial, self.seed, param_name, param_distribution)
+
+
+def _failed(t: FrozenTrial) -> bool:
+    return t.user_attrs.get(STATUS_ATTR, "ok") != "ok"
+
+
+CMAES_OPTIONS = {"popsize", "sigma0", "start"}
+
+
+def catcma_from_options(ctx: MethodContext, options: dict[str, Any], external_failures: str = "worst") -> CatCmaSampler:
+    return CatCmaSampler(
+        ctx.space,
+        ctx.seed,
+        popsize=int(options["popsize"]) if options.get("popsize") is not None else None,
+        sigma0=options.get("sigma0"),
+        start=str(options.get("start", "centre")),
+        external_failures=external_failures,
+    )
 
 
 @register(
     "cmaes", "CMA-ES (cmaes CatCMAwM): models floats, integers, powers of two and categoricals; state in the study"
 )
 def catcma_sampler(ctx: MethodContext) -> BaseSampler:
-    unknown = set(ctx.options) - {"popsize", "sigma0"}
+    unknown = set(ctx.options) - CMAES_OPTIONS
     if unknown:
-        raise MethodError(f"unknown option(s) {sorted(unknown)} for cmaes; it takes popsize, sigma0")
-    return CatCmaSampler(ctx.space, ctx.seed, ctx.options.get("popsize"), ctx.options.get("sigma0"))
+        raise MethodError(f"unknown option(s) {sorted(unknown)} for cmaes; it takes {', '.join(sorted(CMAES_OPTIONS))}")
+    return catcma_from_options(ctx, ctx.options)

@@ -7,7 +7,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,24 +233,12 @@ class LLMSampler(BaseSampler):
         if not search_space:
             return {}
         history = read_history(study, self.space, exclude=trial.number)
-        outcome: Outcome | None = None
-        error: LLMError | None = None
-        start = time.perf_counter()
-        with self.client.track(trial=trial.number, method=self.method) as tracker:
-            try:
-                outcome = self.propose(study, trial, history)
-            except LLMSetupError:
-                raise  # a missing package or model: nothing to fall back from
-            except LLMError as e:
-                error = e
-        propose_s = time.perf_counter() - start
+        outcome, error, tracker, propose_s = self.ask_llm(trial, lambda: self.propose(study, trial, history))
         if outcome is not None:
-            self._unavailable_in_row = 0 if outcome.source == "llm" else self._unavailable_in_row
             params = self.space.encode(outcome.config)
         else:
             assert error is not None
-            self._unavailable_in_row = self._unavailable_in_row + 1 if isinstance(error, LLMUnavailable) else 0
-            fatal = self.fallback == "error" or (0 < self.max_unavailable <= self._unavailable_in_row)
+            fatal = self.llm_failure_is_fatal()
             detail = {"answers": [a[:500] for a in error.answers]} if isinstance(error, LLMBadAnswer) else {}
             outcome = Outcome(config={}, source="llm-error" if fatal else f"llm-fallback:{self.fallback}",
                               detail=detail)
@@ -266,6 +254,31 @@ class LLMSampler(BaseSampler):
                 ) from error
             raise error
         return {k: v for k, v in params.items() if k in search_space}
+
+    def ask_llm(
+        self, trial: FrozenTrial, propose: Callable[[], Outcome]
+    ) -> tuple[Outcome | None, LLMError | None, Any, float]:
+        """Run `propose` with its LLM calls tracked; count unreachable-endpoint failures in a row.
+        Returns (outcome or None, the LLM error or None, the call tracker, seconds)."""
+        outcome: Outcome | None = None
+        error: LLMError | None = None
+        start = time.perf_counter()
+        with self.client.track(trial=trial.number, method=self.method) as tracker:
+            try:
+                outcome = propose()
+            except LLMSetupError:
+                raise  # a missing package or model: nothing to fall back from
+            except LLMError as e:
+                error = e
+        if outcome is not None:
+            self._unavailable_in_row = 0 if outcome.source == "llm" else self._unavailable_in_row
+        else:
+            self._unavailable_in_row = self._unavailable_in_row + 1 if isinstance(error, LLMUnavailable) else 0
+        return outcome, error, tracker, time.perf_counter() - start
+
+    def llm_failure_is_fatal(self) -> bool:
+        """After a failed proposal: stop (fallback "error", or too many unreachable turns in a row)?"""
+        return self.fallback == "error" or (0 < self.max_unavailable <= self._unavailable_in_row)
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
@@ -327,6 +340,18 @@ class LLMSampler(BaseSampler):
         }
         for key, value in attrs.items():
             set_trial_attr(study, trial, key, value)
+
+    # -- prompt parts shared by the methods that propose whole configurations ---------------------
+    def row(self, o: Observation) -> str:
+        return f"trial {o.number}: {config_text(o.config, self.space.names)} -> {outcome_text(o, self.metric)}"
+
+    def running_text(self, history: History) -> str | None:
+        """The running trials (the last 10), so they are not proposed again; None when there are none."""
+        if not history.pending:
+            return None
+        running = "".join(f"trial {o.number}: {config_text(o.config, self.space.names)}\n"
+                          for o in history.pending[-10:])
+        return f"## Running now (do not propose these again)\n{running}"
 
     # -- prompt budget ---------------------------------------------------------------------------
     def row_budget(self, *fixed_texts: str) -> int:

@@ -88,10 +88,10 @@ class AgentHPSSampler(LLMSampler):
         footer = self._footer(history)
         budget = self.row_budget(SYSTEM_PROMPT, header + footer)
         rows, omitted = cap_history(
-            history.finished, render=self._row, budget_tokens=budget, counter=self.client.counter,
+            history.finished, render=self.row, budget_tokens=budget, counter=self.client.counter,
             rank=history.score, last_k=self.history_k, best_k=self.best_k,
         )
-        evaluations = "".join(self._row(o) + "\n" for o in rows) or "None yet: this is the first evaluation.\n"
+        evaluations = "".join(self.row(o) + "\n" for o in rows) or "None yet: this is the first evaluation.\n"
         prompt = (header + f"## Evaluations so far ({self.metric}: {_direction_text(history)})\n"
                   + evaluations + omitted_line(omitted) + "\n" + footer)
 
@@ -119,15 +119,11 @@ class AgentHPSSampler(LLMSampler):
         return Outcome(config=proposal.config, raw=answer.raw, repairs=repairs,
                        detail={"rows_shown": len(rows), "rows_omitted": omitted, "reasked": answer.reasked})
 
-    def _row(self, o: Observation) -> str:
-        return f"trial {o.number}: {config_text(o.config, self.space.names)} -> {outcome_text(o, self.metric)}"
-
     def _footer(self, history: History) -> str:
         parts = []
-        if history.pending:
-            running = "".join(f"trial {o.number}: {config_text(o.config, self.space.names)}\n"
-                              for o in history.pending[-10:])
-            parts.append(f"## Running now (do not propose these again)\n{running}")
+        running = self.running_text(history)
+        if running:
+            parts.append(running)
         best = history.best
         if best is not None:
             pretty = json.dumps(best.config, indent=1)

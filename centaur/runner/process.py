@@ -3,6 +3,7 @@ from outside the script."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import resource
@@ -10,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,13 @@ def scrubbed_environment(env: Mapping[str, str]) -> dict[str, str]:
 
 def _limits(memory_cap_bytes: int | None):
     def apply() -> None:
+        if sys.platform.startswith("linux"):
+            # A worker killed by SIGKILL must not leave its training run holding the GPU: the trial
+            # is closed as lost and retried elsewhere, so the orphan would only waste the device.
+            try:
+                ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            except OSError:
+                pass
         if memory_cap_bytes:
             # RLIMIT_DATA covers heap and anonymous mmaps (what allocators use) but not the large
             # virtual reservations that runtimes make, so it caps real use without breaking imports.
@@ -70,20 +78,46 @@ def run_script(
     if gpu_memory_fraction is not None:
         env["CENTAUR_CUDA_MEM_FRACTION"] = str(gpu_memory_fraction)
     env.update(extra)
+    returncode, timed_out, wall = spawn_and_wait(
+        [python, "-m", "centaur.runner.launch", str(script)],
+        cwd=cwd, env=env, log_path=log_path, timeout_s=timeout_s, preexec_fn=_limits(memory_cap_bytes),
+    )
+    return ProcessResult(returncode, timed_out, wall, log_path, read_tail(log_path, tail_bytes))
+
+
+def spawn_and_wait(
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    log_path: Path,
+    timeout_s: float | None,
+    preexec_fn: Callable[[], None],
+    stdin_data: bytes | None = None,
+) -> tuple[int | None, bool, float]:
+    """Run `argv` in its own process group with stdout and stderr to `log_path`, optionally writing
+    `stdin_data` to it; kill the whole group on timeout or when the caller is interrupted.
+    Returns (return code, timed out, wall seconds)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     timed_out = False
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [python, "-m", "centaur.runner.launch", str(script)],
+            argv,
             cwd=cwd,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_limits(memory_cap_bytes),
+            preexec_fn=preexec_fn,
         )
+        if stdin_data is not None and proc.stdin is not None:
+            try:
+                proc.stdin.write(stdin_data)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # it died at start-up; the log says why
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -92,8 +126,7 @@ def run_script(
         except BaseException:
             kill_group(proc)  # the tuner is being stopped: never leave an orphaned training run
             raise
-    wall = time.monotonic() - start
-    return ProcessResult(proc.returncode, timed_out, wall, log_path, read_tail(log_path, tail_bytes))
+    return proc.returncode, timed_out, time.monotonic() - start
 
 
 def kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:

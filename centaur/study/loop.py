@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -17,11 +19,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, STATUS_ATTR
-from centaur.study.lost import HEARTBEAT_S, close_lost_trials, owner_tag
+from centaur.study.durable import PendingResult, ResultJournal, StorageUnavailable, with_retries, write_result
+from centaur.study.lost import HEARTBEAT_S, close_lost_trials, close_trial_as_lost, owner_tag
 from centaur.study.records import (
     ALIVE_ATTR,
     COST_ATTR,
-    FEASIBLE_CONSTRAINT,
     OWNER_ATTR,
     SAMPLER_ATTR,
     STARTED_ATTR,
@@ -31,8 +33,8 @@ from centaur.study.records import (
     STUDY_SEED,
     STUDY_TASK,
     WALL_ATTR,
+    RunningSummary,
     StudySummary,
-    summarize,
 )
 from centaur.study.storage import open_storage
 from centaur.tasks.base import Task, TrialResult, TrialStatus
@@ -43,6 +45,33 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 class StudyMismatch(ValueError):
     """An existing study was created with other settings than this run asks for."""
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be written (read-only, full, no permission); the study is left intact."""
+
+
+# errno values that mean "the disk", not the configuration, is at fault.
+_DISK_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
+def check_writable(run_dir: Path) -> None:
+    """Raise RunDirError unless a file can be created and written in `run_dir`."""
+    probe = Path(run_dir) / f".probe-{os.getpid()}"
+    try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise RunDirError(
+            f"run directory {run_dir} is not writable ({e.strerror or e}); free space or fix its permissions, "
+            "then run the same command again to resume (the study itself is intact)"
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
 
 
 class ProgressHook(Protocol):
@@ -94,6 +123,12 @@ class _StopFlag:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+def _persistent(study: optuna.Study) -> bool:
+    """False for an in-memory study (simulated benchmarks): no other process can see it, so heartbeats
+    and the local copy of unwritten results would only cost time."""
+    return not isinstance(study._storage, optuna.storages.InMemoryStorage)
 
 
 class _Heartbeat:
@@ -163,20 +198,33 @@ def run_worker(
     penalty: float = 100.0,
     progress: ProgressHook | None = None,
 ) -> TuneResult:
-    """Run trials until the shared budget is spent, `n_trials` were started here, or a stop signal."""
+    """Run trials until the shared budget is spent, `n_trials` were started here, or a stop signal.
+
+    Many workers (processes, machines) may run this on one study at once. Before each trial a worker
+    closes trials of dead workers as lost (their configuration is queued for one retry) and checks the
+    budget against finished trials, so the budget is overshot by at most the trials already running:
+    one per worker.
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lost = close_lost_trials(study)
-    if lost:
-        log.warning("closed %d trial(s) of dead workers as lost: %s", len(lost), lost)
+    check_writable(run_dir)
+    journal = ResultJournal(run_dir) if _persistent(study) else None
+    replayed = journal.replay(study, write_result) if journal is not None else []
+    if replayed:
+        log.warning("wrote %d result(s) kept locally by an earlier worker: trials %s", len(replayed), replayed)
     stop = _StopFlag()
     started_here = 0
-    summary = summarize(study)
+    summarize_here = RunningSummary()
+    summary = with_retries(lambda: summarize_here(study), "reading the study")
     if progress:
         progress.on_start(summary)
     reason = "budget spent"
+    last_lost_check = -math.inf
     with stop.installed():
         while True:
+            if time.monotonic() - last_lost_check >= HEARTBEAT_S:  # no need to look more often than beats come
+                with_retries(lambda: close_lost_trials(study), "closing trials of dead workers")
+                last_lost_check = time.monotonic()
+            summary = with_retries(lambda: summarize_here(study), "reading the study")
             if budget_s is not None and summary.used_s >= budget_s:
                 reason = "budget spent"
                 break
@@ -186,49 +234,121 @@ def run_worker(
             if stop.requested:
                 reason = "stopped by signal"
                 break
-            _run_one(task, study, run_dir=run_dir, penalty=penalty, progress=progress, stop=stop)
+            frozen = _run_one(task, study, run_dir=run_dir, penalty=penalty, progress=progress, journal=journal)
+            if frozen is None:
+                continue  # the trial went to another worker
             started_here += 1
-            summary = summarize(study)
             if progress:
-                progress.on_trial_end(study.get_trials(deepcopy=False)[-1], summary)
+                summary = with_retries(lambda: summarize_here(study), "reading the study")
+                progress.on_trial_end(frozen, summary)
     if progress:
         progress.on_stop(reason, summary)
     return TuneResult(study, summary, reason)
 
 
-def _run_one(
-    task: Task, study: optuna.Study, *, run_dir: Path, penalty: float, progress: ProgressHook | None, stop: _StopFlag
-) -> None:
+def _start_trial(task: Task, study: optuna.Study) -> tuple[optuna.Trial, dict[str, Any]] | None:
     t0 = time.perf_counter()
-    trial = study.ask()
-    config = task.space.suggest(trial)
+    trial = with_retries(study.ask, "asking for a trial")
+    try:
+        # Samplers read and write the storage while proposing: a dropped connection is retried
+        # (a repeated suggest returns the parameters already set).
+        config = with_retries(lambda: task.space.suggest(trial), f"proposing trial {trial.number}")
+    except BaseException as e:
+        # The method could not propose (LLM endpoint gone and no fallback, a sampler bug, storage gone):
+        # close the trial at once instead of leaving it RUNNING for other workers to time out.
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("error", f"proposal failed: {type(e).__name__}: {e}"[:500])
+            study.tell(trial, state=TrialState.FAIL)
+        raise
     sampler_s = time.perf_counter() - t0
-    trial.set_user_attr(CONFIG_ATTR, config)
-    trial.set_user_attr(OWNER_ATTR, owner_tag())
-    trial.set_user_attr(STARTED_ATTR, time.time())
-    trial.set_user_attr(SAMPLER_ATTR, sampler_s)
-    # Samplers write their own attributes straight to storage (the Trial object's cache misses them).
-    if SOURCE_ATTR not in study._storage.get_trial(trial._trial_id).user_attrs:
-        trial.set_user_attr(SOURCE_ATTR, getattr(study.sampler, "name", type(study.sampler).__name__))
+
+    def mark() -> None:
+        stored = study._storage.get_trial_user_attrs(trial._trial_id)
+        # Samplers write their own attributes straight to storage (the Trial object's cache misses them).
+        attrs = {CONFIG_ATTR: config, OWNER_ATTR: owner_tag(), STARTED_ATTR: time.time(), SAMPLER_ATTR: sampler_s}
+        if SOURCE_ATTR not in stored:
+            attrs[SOURCE_ATTR] = getattr(study.sampler, "name", type(study.sampler).__name__)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+    with_retries(mark, f"starting trial {trial.number}")
+    if _is_sqlite(study) and "fixed_params" in study._storage.get_trial(trial._trial_id).system_attrs:
+        # SQLite has no row locks: two workers can take the same queued trial. Both wrote their owner;
+        # the one whose owner was overwritten leaves the trial to the other.
+        time.sleep(0.2)
+        owner = with_retries(lambda: study._storage.get_trial(trial._trial_id), "reading a trial").user_attrs
+        if owner.get(OWNER_ATTR, {}).get("pid") != os.getpid() or owner[OWNER_ATTR].get("host") != owner_tag()["host"]:
+            log.warning("trial %d was also taken by another worker; leaving it to that one", trial.number)
+            return None
+    return trial, config
+
+
+def _is_sqlite(study: optuna.Study) -> bool:
+    storage = getattr(study._storage, "_backend", study._storage)
+    return str(getattr(storage, "url", "")).startswith("sqlite")
+
+
+def _run_one(
+    task: Task,
+    study: optuna.Study,
+    *,
+    run_dir: Path,
+    penalty: float,
+    progress: ProgressHook | None,
+    journal: ResultJournal | None = None,
+) -> FrozenTrial | optuna.Trial | None:
+    """Run one trial; None when it went to another worker. The stored trial is re-read only for progress."""
+    started_trial = _start_trial(task, study)
+    if started_trial is None:
+        return None
+    trial, config = started_trial
     if progress:
         progress.on_trial_start(trial.number, config)
     started = time.monotonic()
+    disk_error: OSError | None = None
     try:
-        with _Heartbeat(study, trial._trial_id):
+        with _Heartbeat(study, trial._trial_id) if _persistent(study) else contextlib.nullcontext():
             result = task.evaluate(config, trial_number=trial.number, run_dir=run_dir)
     except KeyboardInterrupt:
+        # Aborted by a second stop signal: the trial is lost (its cost counted) and queued for a retry.
         elapsed = time.monotonic() - started
-        result = TrialResult(TrialStatus.LOST, cost_s=elapsed, wall_s=elapsed, error="interrupted")
-        record_result(study, trial, result, penalty)
+        frozen = with_retries(lambda: study._storage.get_trial(trial._trial_id), "reading a trial")
+        with_retries(lambda: close_trial_as_lost(study, frozen, elapsed, "interrupted"), "closing a lost trial")
         raise
+    except OSError as e:
+        if e.errno not in _DISK_ERRNOS:
+            raise
+        disk_error = e
+        result = TrialResult(TrialStatus.CRASH, error=f"{type(e).__name__}: {e}")
     except Exception as e:  # a task bug must not lose the study: record it as a crash and go on
         log.exception("trial %d: the task raised", trial.number)
         elapsed = time.monotonic() - started
         result = TrialResult(TrialStatus.CRASH, cost_s=elapsed, wall_s=elapsed, error=f"{type(e).__name__}: {e}")
-    record_result(study, trial, result, penalty)
+    if result.status is not TrialStatus.OK and _persistent(study):
+        # A failure may be the disk's fault, not the configuration's (a full disk makes the script crash
+        # when it writes its log): then the trial is lost, its configuration retried, and this worker stops.
+        try:
+            check_writable(run_dir)
+        except RunDirError as e:
+            elapsed = time.monotonic() - started
+            frozen = with_retries(lambda: study._storage.get_trial(trial._trial_id), "reading a trial")
+            why = f"run directory not writable: {disk_error or result.error}"
+            with_retries(lambda: close_trial_as_lost(study, frozen, elapsed, why), "closing a lost trial")
+            raise e from None
+    record_result(study, trial, result, penalty, journal=journal)
+    return with_retries(lambda: study._storage.get_trial(trial._trial_id), "reading a trial") if progress else trial
 
 
-def record_result(study: optuna.Study, trial: optuna.Trial, result: TrialResult, penalty: float) -> None:
+def record_result(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    result: TrialResult,
+    penalty: float,
+    *,
+    journal: ResultJournal | None = None,
+) -> None:
+    """Write a finished trial: COMPLETE with its value, or with `penalty` and the failed constraint for a
+    failure; FAIL for a lost one. Kept in `journal` until the storage confirmed it, and retried."""
     ok = result.status is TrialStatus.OK and result.value is not None and math.isfinite(result.value)
     attrs: dict[str, Any] = {
         STATUS_ATTR: result.status.value if ok or result.status is not TrialStatus.OK else TrialStatus.CRASH.value,
@@ -247,10 +367,31 @@ def record_result(study: optuna.Study, trial: optuna.Trial, result: TrialResult,
             and not (isinstance(value, float) and not math.isfinite(value))
         ):
             attrs[key] = value
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
-    if result.status is TrialStatus.LOST:
-        study.tell(trial, state=TrialState.FAIL)
-        return
-    trial.set_constraint(FEASIBLE_CONSTRAINT, 0.0 if ok else 1.0)
-    study.tell(trial, result.value if ok else penalty)
+    lost = result.status is TrialStatus.LOST
+    pending = PendingResult(
+        study_name=study.study_name,
+        trial_id=trial._trial_id,
+        number=trial.number,
+        state="FAIL" if lost else "COMPLETE",
+        value=None if lost else (float(result.value) if ok else float(penalty)),
+        constraint=None if lost else (0.0 if ok else 1.0),
+        user_attrs=attrs,
+    )
+    if journal is not None:
+        journal.save(pending)
+    write_result(study, pending)
+    if journal is not None:
+        journal.done(pending)
+
+
+__all__ = [
+    "ProgressHook",
+    "RunDirError",
+    "StorageUnavailable",
+    "StudyMismatch",
+    "TuneResult",
+    "check_writable",
+    "open_study",
+    "record_result",
+    "run_worker",
+]

@@ -1,7 +1,9 @@
-"""Trials whose worker died: detect them and close them as failed, counting what they really spent."""
+"""Trials whose worker died: detect them, close them as failed (class `lost`) counting what they
+really spent, and enqueue their configuration once more so a live worker retries it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -10,16 +12,27 @@ import optuna
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
-from centaur.methods.base import STATUS_ATTR
+from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, STATUS_ATTR
 from centaur.study.records import ALIVE_ATTR, COST_ATTR, OWNER_ATTR, STARTED_ATTR, WALL_ATTR
 
-HEARTBEAT_S = 15.0
-STALE_AFTER_S = 120.0  # a remote worker silent this long is presumed dead
+log = logging.getLogger(__name__)
+
+# A worker writes `alive_at` this often while its trial runs; a lost trial's cost is known to this precision.
+HEARTBEAT_S = float(os.environ.get("CENTAUR_HEARTBEAT_S", "5"))
+# A worker on another host silent this long is presumed dead (same host: checked by pid at once).
+STALE_AFTER_S = float(os.environ.get("CENTAUR_STALE_AFTER_S", "120"))
+RETRY_OF_ATTR = "retry_of"
+
+
+_OWNER: dict[int, dict[str, object]] = {}
 
 
 def owner_tag() -> dict[str, object]:
-    proc = psutil.Process()
-    return {"host": socket.gethostname(), "pid": os.getpid(), "created": proc.create_time()}
+    """Who runs a trial: host, pid and the process's start time (a reused pid is another process)."""
+    pid = os.getpid()
+    if pid not in _OWNER:  # keyed by pid: a forked child must not inherit its parent's tag
+        _OWNER[pid] = {"host": socket.gethostname(), "pid": pid, "created": psutil.Process().create_time()}
+    return dict(_OWNER[pid])
 
 
 def _owner_dead(t: FrozenTrial, now: float) -> bool:
@@ -30,6 +43,8 @@ def _owner_dead(t: FrozenTrial, now: float) -> bool:
     if owner.get("host") == socket.gethostname():
         try:
             proc = psutil.Process(int(owner["pid"]))
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
             return abs(proc.create_time() - float(owner["created"])) > 1.0  # pid reused by another process
         except (psutil.NoSuchProcess, KeyError, ValueError):
             return True
@@ -37,22 +52,38 @@ def _owner_dead(t: FrozenTrial, now: float) -> bool:
     return now - alive > STALE_AFTER_S
 
 
+def close_trial_as_lost(study: optuna.Study, t: FrozenTrial, spent: float, error: str | None = None) -> bool:
+    """Close a RUNNING trial as FAIL/lost with `spent` seconds of cost and enqueue its configuration for
+    one retry (not when it was itself a retry). False when another worker closed it first."""
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(t._trial_id, STATUS_ATTR, "lost")
+        storage.set_trial_user_attr(t._trial_id, COST_ATTR, spent)
+        storage.set_trial_user_attr(t._trial_id, WALL_ATTR, spent)
+        if error:
+            storage.set_trial_user_attr(t._trial_id, "error", error[:500])
+        # The state change is the claim: exactly one worker succeeds, and only it enqueues the retry.
+        if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            return False
+    except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError, optuna.exceptions.StorageInternalError):
+        return False  # finished meanwhile, or SQLite's lock lost to the worker that closes it
+    if CONFIG_ATTR in t.user_attrs and RETRY_OF_ATTR not in t.user_attrs and len(t.params) == len(t.distributions):
+        attrs = {RETRY_OF_ATTR: t.number, SOURCE_ATTR: t.user_attrs.get(SOURCE_ATTR, "retry")}
+        study.enqueue_trial(dict(t.params), user_attrs=attrs)
+    return True
+
+
 def close_lost_trials(study: optuna.Study) -> list[int]:
-    """Mark RUNNING trials of dead workers FAIL with status 'lost'; returns their numbers."""
+    """Close the RUNNING trials of dead workers as lost (see close_trial_as_lost); returns their numbers."""
     now = time.time()
     lost = []
-    storage = study._storage
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _owner_dead(t, now):
             continue
         started = float(t.user_attrs.get(STARTED_ATTR, now))
         spent = max(0.0, float(t.user_attrs.get(ALIVE_ATTR, started)) - started)
-        try:
-            storage.set_trial_user_attr(t._trial_id, STATUS_ATTR, "lost")
-            storage.set_trial_user_attr(t._trial_id, COST_ATTR, spent)
-            storage.set_trial_user_attr(t._trial_id, WALL_ATTR, spent)
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-            continue  # another worker closed it first
-        lost.append(t.number)
+        if close_trial_as_lost(study, t, spent):
+            lost.append(t.number)
+    if lost:
+        log.warning("closed %d trial(s) of dead workers as lost and queued their retry: %s", len(lost), lost)
     return lost

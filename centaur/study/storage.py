@@ -2,24 +2,48 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 
 class StorageError(RuntimeError):
     """The storage cannot be opened; the message says which URL and why."""
 
 
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    """SQLite in WAL mode with synchronous=NORMAL: a commit no longer waits for an fsync (it was ~15 ms,
+    dozens per trial), readers do not block the writer, and a killed process still loses nothing
+    committed (only a power cut can drop the last commits). Not for network file systems."""
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        try:
+            # Switching to WAL needs the database to itself; once it is WAL (it persists), only read the mode.
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.OperationalError:
+            pass  # busy right now (another process switching it): this connection keeps the defaults
+        finally:
+            cursor.close()
+
+
 def default_storage_url(run_dir: Path) -> str:
     return f"sqlite:///{(Path(run_dir) / 'study.db').resolve()}"
 
 
-def open_storage(url: str) -> BaseStorage:
+def open_storage(url: str | BaseStorage) -> BaseStorage:
     """`sqlite:///path.db`, `postgresql://user@host/db`, any SQLAlchemy URL, or `journal:PATH` for
-    Optuna's journal file storage (several processes on one machine)."""
+    Optuna's journal file storage (several processes on one machine). A storage object is passed
+    through (the benchmark harness runs simulated studies on an InMemoryStorage)."""
+    if isinstance(url, BaseStorage):
+        return url
     try:
         if url.startswith("journal:"):
             path = Path(url[len("journal:") :]).expanduser()

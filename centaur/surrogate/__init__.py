@@ -3,13 +3,9 @@ fitted on the study's real trials: objective, feasibility (OOM), cost and observ
 
 from centaur.surrogate.data import DEFAULT_CONFIG, HP_NAMES, TrialsFormatError, file_sha256, load_trials
 from centaur.surrogate.features import FEATURE_NAMES, FEATURE_VERSION, physical, snap_config
-from centaur.surrogate.model import (
-    FitOptions,
-    NoiseModel,
-    SurrogateModel,
-    SurrogateOutcome,
-    SurrogateVersionError,
-    fit_surrogate,
+
+_MODEL_NAMES = (
+    "FitOptions", "NoiseModel", "SurrogateModel", "SurrogateOutcome", "SurrogateVersionError", "fit_surrogate",
 )
 
 __all__ = [
@@ -20,7 +16,11 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # keep `import centaur.surrogate` free of the task/space and rich imports
+def __getattr__(name: str):  # keep `import centaur.surrogate` free of lightgbm, the task/space and rich imports
+    if name in _MODEL_NAMES:
+        from centaur.surrogate import model
+
+        return getattr(model, name)
     if name == "SurrogateTask":
         from centaur.surrogate.task import SurrogateTask
 

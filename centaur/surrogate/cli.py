@@ -15,7 +15,6 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from centaur.surrogate.data import DEFAULT_CONFIG, HP_NAMES, TrialsFormatError, load_trials
-from centaur.surrogate.model import FitOptions, SurrogateModel, SurrogateVersionError, fit_surrogate
 
 app = typer.Typer(help="Surrogate of the reference study's task, fitted on its real trials.",
                   no_args_is_help=True, add_completion=False)
@@ -34,7 +33,14 @@ def _clear_errors() -> Iterator[None]:
     except FileNotFoundError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
-    except (TrialsFormatError, SurrogateVersionError, ValueError) as e:
+    except (TrialsFormatError, ValueError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    except RuntimeError as e:  # the model module (lightgbm) loads only when a command needs it
+        from centaur.surrogate.model import SurrogateVersionError
+
+        if not isinstance(e, SurrogateVersionError):
+            raise
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
 
@@ -57,6 +63,8 @@ def fit(
     seed: Annotated[int, typer.Option(help="seed of the fit")] = 0,
 ) -> None:
     """Fit the surrogate on a trials file and save it."""
+    from centaur.surrogate.model import FitOptions, fit_surrogate
+
     with _clear_errors():
         with _spinner() as say:
             say(f"loading {trials}")
@@ -85,6 +93,7 @@ def validate(
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON")] = None,
 ) -> None:
     """Cross-seed and leave-one-method-out fidelity of the surrogate."""
+    from centaur.surrogate.model import FitOptions
     from centaur.surrogate.validate import report_table, validate_surrogate
 
     with _clear_errors():
@@ -107,6 +116,8 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="noise seed")] = 0,
 ) -> None:
     """Ask the surrogate about one configuration (Karpathy's defaults plus --set overrides)."""
+    from centaur.surrogate.model import SurrogateModel
+
     with _clear_errors():
         sm = SurrogateModel.load(model)
         config: dict[str, Any] = dict(DEFAULT_CONFIG)

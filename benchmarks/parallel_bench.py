@@ -1,0 +1,122 @@
+"""Throughput of parallel workers on one study, as a fraction of the ideal (N trials per second with N
+workers when each trial sleeps 1 s).
+
+Each cell: a fresh study on the reference study's 14-hyperparameter space; N worker processes (forked,
+so start-up is not counted) open the storage, wait at a common start, then each runs `trials` trials of
+a 1 s sleep through the real worker loop (ask, sampler, heartbeat, lost-trial check, budget summary,
+durable tell). Wall time runs from the common start to the last trial's completion.
+
+Usage: python benchmarks/parallel_bench.py [--workers 1,2,4,8,16] [--storages sqlite,journal,postgresql]
+       [--methods tpe,cmaes] [--trials 4] [--pg postgresql://postgres@127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import random
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from centaur.space import SearchSpace, reference_space
+from centaur.study.loop import open_study, run_worker
+from centaur.study.storage import open_storage
+from centaur.study.workers import build_sampler
+from centaur.tasks.base import TrialResult, TrialStatus
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+@dataclass
+class SleepTask:
+    space: SearchSpace
+    sleep_s: float = 1.0
+    name: str = "sleep"
+    metric: str = "val_bpb"
+
+    def evaluate(self, config: dict[str, Any], *, trial_number: int, run_dir: Path) -> TrialResult:
+        time.sleep(self.sleep_s)
+        return TrialResult(TrialStatus.OK, 1.0 + random.Random(trial_number).random(), cost_s=self.sleep_s)
+
+    def describe(self) -> str:
+        return "sleep"
+
+
+def _worker(url: str, name: str, method: str, trials: int, run_dir: str, ready: Any, go: Any, cpu: Any) -> None:
+    task = SleepTask(reference_space())
+    sampler = build_sampler(task, method, 0, {}, 100.0, Path(run_dir), None)
+    study = optuna.load_study(study_name=name, storage=open_storage(url), sampler=sampler)
+    ready.release()
+    go.wait()
+    start = time.process_time()
+    run_worker(task, study, run_dir=Path(run_dir), budget_s=None, n_trials=trials)
+    cpu.put(time.process_time() - start)  # this worker's CPU for its trials, start-up excluded
+
+
+def cell(url: str, method: str, n: int, trials: int, tmp: Path) -> tuple[float, int, int, float]:
+    """(wall seconds from the common start to the last completion, trials completed, workers crashed,
+    worker CPU seconds per trial, start-up excluded: the database server's share is not included)."""
+    name = f"bench-{method}-{n}-{uuid.uuid4().hex[:6]}"
+    task = SleepTask(reference_space())
+    open_study(task, method=method, seed=0, budget_s=None, storage=url, study_name=name, penalty=100.0)
+    ctx = mp.get_context("fork")
+    ready, go, cpu_q = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(url, name, method, trials, str(tmp / name), ready, go, cpu_q))
+             for _ in range(n)]  # fmt: skip
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.acquire()
+    start = time.time()
+    go.set()
+    for p in procs:
+        p.join()
+    crashed = sum(p.exitcode != 0 for p in procs)
+    cpu = sum(cpu_q.get() for _ in range(n - crashed))
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    end = max(t.datetime_complete.timestamp() for t in done)
+    return end - start, len(done), crashed, cpu / max(1, len(done))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", default="1,2,4,8,16")
+    ap.add_argument("--storages", default="sqlite,journal,postgresql")
+    ap.add_argument("--methods", default="tpe,cmaes")
+    ap.add_argument("--trials", type=int, default=4, help="trials per worker")
+    ap.add_argument("--pg", default=os.environ.get("CENTAUR_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test"))
+    args = ap.parse_args()
+    ns = [int(x) for x in args.workers.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="centaur-parbench-"))
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; each trial sleeps 1 s; "
+          f"{args.trials} trials per worker")
+    print(f"{'storage':11} {'method':6} " + " ".join(f"{'N=' + str(n):>16}" for n in ns))
+    for storage in args.storages.split(","):
+        for method in args.methods.split(","):
+            row, cpus = [], []
+            for n in ns:
+                if storage == "sqlite":
+                    url = f"sqlite:///{tmp / f'{method}-{n}.db'}"
+                elif storage == "journal":
+                    url = f"journal:{tmp / f'{method}-{n}.log'}"
+                else:
+                    url = args.pg
+                wall, done, crashed, cpu = cell(url, method, n, args.trials, tmp)
+                cpus.append(cpu)
+                rate = done / wall
+                row.append(f"{rate:5.2f}/s ({rate / n:4.2f})" + (f" {crashed}x!" if crashed else ""))
+            print(f"{storage:11} {method:6} " + " ".join(f"{c:>16}" for c in row), flush=True)
+            print(f"{'':11} {'cpu/tr':6} " + " ".join(f"{c * 1000:>14.0f}ms" for c in cpus), flush=True)
+    print("cells: trials per second (ratio to the ideal N per second); 'Kx!': K workers crashed (see stderr)")
+
+
+if __name__ == "__main__":
+    main()

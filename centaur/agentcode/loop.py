@@ -1,0 +1,459 @@
+"""The code agent: each trial an LLM edits the current best training script; the edit is checked,
+run in isolation, and kept if it improves on the best, reverted otherwise.
+
+Everything is recorded in the same Optuna study as the other methods: a trial's params are the
+hyperparameter values of the script it ran (where they are literals inside the search space), and its
+user attributes hold the description, the diff, the decision (baseline / kept / reverted / rejected /
+failed) and why. The best script lives in the study's user attributes, so running again resumes from it.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.samplers import RandomSampler
+from optuna.trial import TrialState
+
+from centaur.agentcode.edits import EditError, apply_edits, description_of, parse_reply, unified_diff
+from centaur.agentcode.integrity import Protection, check_output, check_source
+from centaur.agentcode.prompt import SYSTEM_PROMPT, Experiment, build_prompt
+from centaur.agentcode.sandbox import network_isolation, reported_lines, run_isolated
+from centaur.llm import LLMClient, LLMError, LLMUnavailable
+from centaur.llm.local import LLMSetupError
+from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, MethodContext, MethodError
+from centaur.methods.llm_common import client_for
+from centaur.runner.outcome import classify, parse_metrics
+from centaur.space.extract import find_assignments
+from centaur.study.loop import ProgressHook, TuneResult, _Heartbeat, _StopFlag, open_study, record_result
+from centaur.study.lost import close_lost_trials, owner_tag
+from centaur.study.records import OWNER_ATTR, SAMPLER_ATTR, STARTED_ATTR, summarize
+from centaur.tasks.base import TrialResult, TrialStatus
+
+log = logging.getLogger(__name__)
+
+METHOD = "agent-code"
+BEST_SOURCE_ATTR = "agent_code:best_source"  # study attribute: the current best script
+BEST_VALUE_ATTR = "agent_code:best_value"
+BEST_TRIAL_ATTR = "agent_code:best_trial"
+DECISION_ATTR = "agent_decision"  # baseline, kept, reverted, rejected, failed
+DESCRIPTION_ATTR = "agent_description"
+DIFF_ATTR = "agent_diff"
+REASON_ATTR = "agent_reason"
+RETRY_OF_ATTR = "retry_of"  # set by the study on a queued retry of a lost trial
+MAX_DIFF_CHARS = 20_000
+OPTIONS = frozenset(
+    {"protect", "time_budget_name", "max_tokens", "temperature", "max_rejected_in_row", "isolate_network"}
+)
+
+
+class AgentCodeError(MethodError):
+    """agent-code cannot run as asked (not a script task, bad option, too many rejected edits)."""
+
+
+@dataclass
+class AgentOptions:
+    protect: list[str] = field(default_factory=list)  # extra functions or constants the agent may not touch
+    time_budget_name: str = "TIME_BUDGET"
+    max_tokens: int | None = None  # for the reply; None: max(llm.max_tokens, 1024) within the context
+    temperature: float = 0.7
+    max_rejected_in_row: int = 10  # rejected edits cost no budget: stop a model that never gets one through
+    isolate_network: bool = True
+
+    @classmethod
+    def parse(cls, options: dict[str, Any]) -> AgentOptions:
+        unknown = set(options) - OPTIONS
+        if unknown:
+            raise AgentCodeError(f"agent-code: unknown option(s) {sorted(unknown)}; known: {sorted(OPTIONS)}")
+        out = cls()
+        try:
+            if "protect" in options:
+                value = options["protect"]
+                out.protect = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+            if "time_budget_name" in options:
+                out.time_budget_name = str(options["time_budget_name"])
+            if options.get("max_tokens") is not None:
+                out.max_tokens = int(options["max_tokens"])
+            if "temperature" in options:
+                out.temperature = float(options["temperature"])
+            if "max_rejected_in_row" in options:
+                out.max_rejected_in_row = int(options["max_rejected_in_row"])
+            if "isolate_network" in options:
+                value = options["isolate_network"]
+                out.isolate_network = value.strip().lower() in ("1", "true", "yes") if isinstance(value, str) else (
+                    bool(value)
+                )
+        except (TypeError, ValueError) as e:
+            raise AgentCodeError(f"agent-code: bad option value: {e}") from None
+        return out
+
+
+@dataclass
+class Candidate:
+    """What one LLM turn produced."""
+
+    description: str
+    source: str | None = None  # the edited script; None when the edit was unusable
+    reason: str | None = None  # why it was rejected before running
+    diff: str = ""
+    llm: dict[str, Any] = field(default_factory=dict)
+
+
+class CodeAgent:
+    """One worker of the code agent on one script task and one study."""
+
+    def __init__(
+        self,
+        task: Any,
+        study: optuna.Study,
+        client: LLMClient,
+        *,
+        run_dir: Path,
+        options: AgentOptions,
+        penalty: float = 100.0,
+        seed: int = 0,
+    ) -> None:
+        self.task = task
+        self.study = study
+        self.client = client
+        self.run_dir = Path(run_dir)
+        self.options = options
+        self.penalty = penalty
+        self.seed = seed
+        self.original = task.script.read_text(encoding="utf-8")
+        self.protection = self._protection()
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _protection(self) -> Protection:
+        tree_defs = {a.name for a in find_assignments(self.original)}
+        functions = {
+            n.name for n in ast.walk(ast.parse(self.original)) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+        }
+        unknown = [p for p in self.options.protect if p not in functions and p not in tree_defs]
+        if unknown:
+            raise AgentCodeError(f"agent-code: protect names {unknown} are neither functions nor constants of "
+                                 f"{self.task.script.name}")
+        constants = [n for n in self.task.config.exclude if n in tree_defs]
+        constants += [p for p in self.options.protect if p not in functions]
+        budget = self.task.space.constants.get(self.options.time_budget_name)
+        siblings = {p.stem for p in self.task.script.parent.glob("*.py") if p != self.task.script}
+        return Protection.for_script(
+            self.original,
+            metric=self.task.metric,
+            constants=constants,
+            functions=[p for p in self.options.protect if p in functions],
+            modules=siblings,
+            budget_names=[self.options.time_budget_name],
+            time_budget=float(budget) if isinstance(budget, (int, float)) else None,
+        )
+
+    @property
+    def best_source(self) -> str:
+        return self.study.user_attrs.get(BEST_SOURCE_ATTR, self.original)
+
+    @property
+    def best_value(self) -> float | None:
+        value = self.study.user_attrs.get(BEST_VALUE_ATTR)
+        return float(value) if value is not None else None
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, *, budget_s: float | None, n_trials: int | None, progress: ProgressHook | None = None
+            ) -> TuneResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lost = close_lost_trials(self.study)
+        if lost:
+            log.warning("closed %d trial(s) of dead workers as lost: %s", len(lost), lost)
+        if self.options.isolate_network:
+            _, warning = network_isolation()
+            if warning:
+                log.warning("agent-code: %s", warning)
+        stop = _StopFlag()
+        summary = summarize(self.study)
+        if progress:
+            progress.on_start(summary)
+        started, rejected_in_row, reason = 0, 0, "budget spent"
+        with stop.installed():
+            while True:
+                if budget_s is not None and summary.used_s >= budget_s:
+                    reason = "budget spent"
+                    break
+                if n_trials is not None and started >= n_trials:
+                    reason = f"{n_trials} trials run"
+                    break
+                if stop.requested:
+                    reason = "stopped by signal"
+                    break
+                if rejected_in_row >= self.options.max_rejected_in_row > 0:
+                    reason = (f"{rejected_in_row} edits in a row were rejected before running; check the model "
+                              "and the LLM log, or raise --option max_rejected_in_row")
+                    break
+                decision = self.step(progress)
+                rejected_in_row = rejected_in_row + 1 if decision == "rejected" else 0
+                started += 1
+                summary = summarize(self.study)
+                if progress:
+                    progress.on_trial_end(self.study.get_trials(deepcopy=False)[-1], summary)
+        if progress:
+            progress.on_stop(reason, summary)
+        return TuneResult(self.study, summary, reason)
+
+    def step(self, progress: ProgressHook | None = None) -> str:
+        """One trial: the baseline if it has not run yet, else one edit. Returns the decision."""
+        waiting = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
+        t0 = time.perf_counter()
+        baseline = bool(waiting) and waiting[0].user_attrs.get(SOURCE_ATTR) == "baseline"
+        if baseline:
+            candidate = Candidate("baseline: the unedited script", source=self.original)
+        elif waiting:  # the study queued a retry of a trial whose worker died: run that edit again
+            candidate = self._retry(waiting[0].user_attrs.get(RETRY_OF_ATTR))
+        else:
+            candidate = self.propose()
+        trial = self._ask(candidate.source or self.best_source, enqueue=not waiting)
+        sampler_s = time.perf_counter() - t0
+        attrs = {
+            OWNER_ATTR: owner_tag(), STARTED_ATTR: time.time(), SAMPLER_ATTR: sampler_s,
+            SOURCE_ATTR: "baseline" if baseline else METHOD, DESCRIPTION_ATTR: candidate.description,
+            DIFF_ATTR: candidate.diff[:MAX_DIFF_CHARS], **candidate.llm,
+        }  # fmt: skip
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if progress:
+            progress.on_trial_start(trial.number, trial.user_attrs.get(CONFIG_ATTR, {}))
+        if candidate.source is None:
+            result = TrialResult(TrialStatus.INVALID, error=candidate.reason)
+            decision = "rejected"
+        else:
+            try:
+                with _Heartbeat(self.study, trial._trial_id):
+                    result, tampering = self._evaluate(candidate.source, trial.number)
+            except KeyboardInterrupt:
+                record_result(self.study, trial, TrialResult(TrialStatus.LOST, error="interrupted"), self.penalty)
+                raise
+            decision = self._decide(result, tampering, baseline)
+            if tampering:
+                result = TrialResult(TrialStatus.INVALID, cost_s=result.wall_s, wall_s=result.wall_s,
+                                     metrics=result.metrics, error="tampering: " + "; ".join(tampering),
+                                     log_path=result.log_path, extra=result.extra)
+        reason = candidate.reason or result.error
+        trial.set_user_attr(DECISION_ATTR, decision)
+        if reason:
+            trial.set_user_attr(REASON_ATTR, reason[:1000])
+        record_result(self.study, trial, result, self.penalty)
+        if decision in ("kept", "baseline") and result.status is TrialStatus.OK:
+            self._keep(candidate.source or self.original, result.value, trial.number)
+        return decision
+
+    def _retry(self, number: Any) -> Candidate:
+        lost = next((t for t in self.study.get_trials(deepcopy=False) if t.number == number), None)
+        path = self.run_dir / "trials" / f"{number:05d}" / self.task.script.name if isinstance(number, int) else None
+        if lost is None or path is None or not path.is_file():
+            return Candidate(f"retry of lost trial {number}", reason="edit: the lost trial's script is gone")
+        source = path.read_text(encoding="utf-8")
+        description = f"{lost.user_attrs.get(DESCRIPTION_ATTR, '')} (retry of lost trial {number})"
+        try:
+            problems = check_source(self.original, source, self.protection)
+        except SyntaxError as e:
+            problems = [f"syntax: {e.msg}"]
+        if problems:
+            return Candidate(description, reason="tampering: " + "; ".join(problems))
+        return Candidate(description, source=source, diff=unified_diff(self.best_source, source, path.name))
+
+    # -- one LLM turn ----------------------------------------------------------------------------
+    def propose(self) -> Candidate:
+        best = self.best_source
+        budget = self.client.settings.context_tokens - self._max_tokens()
+        prompt = build_prompt(
+            script=best,
+            script_name=self.task.script.name,
+            task_description=self.task.describe(),
+            metric=self.task.metric,
+            best_value=self.best_value,
+            history=self.history(),
+            protected=self.protection.describe(),
+            protected_functions=sorted(self.protection.functions),
+            count_tokens=lambda text: self.client.counter.count_messages(
+                [{"content": SYSTEM_PROMPT}, {"content": text}]
+            ) + 64,
+            budget_tokens=budget,
+        )
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+        number = len(self.study.get_trials(deepcopy=False))
+        with self.client.track(trial=number, method=METHOD) as tracker:
+            try:
+                reply = self.client.chat(messages, temperature=self.options.temperature,
+                                         max_tokens=self._max_tokens(), seed=self.seed * 100_003 + number,
+                                         purpose="agent-code")
+                text, error = reply.text, None
+            except (LLMSetupError, LLMUnavailable):
+                raise  # nothing to record: the study resumes once the endpoint is back
+            except LLMError as e:
+                text, error = "", f"{type(e).__name__}: {e}"
+        llm = {"llm_calls": tracker.n_calls, "llm_seconds": round(tracker.seconds, 4),
+               "llm_prompt_tokens": tracker.prompt_tokens, "llm_completion_tokens": tracker.completion_tokens,
+               "llm_reply": text[:4000]}
+        if error:
+            return Candidate("(LLM request failed)", reason=f"llm: {error}"[:1000], llm=llm)
+        return self.candidate(text, llm)
+
+    def candidate(self, text: str, llm: dict[str, Any] | None = None) -> Candidate:
+        """Turn a reply into a checked candidate script (or a rejection with its reason)."""
+        llm = llm or {}
+        best = self.best_source
+        try:
+            proposal = parse_reply(text)
+            source = apply_edits(best, proposal.edits)
+        except EditError as e:
+            description = description_of(text)
+            return Candidate(description, reason=f"edit: {e}", llm=llm)
+        diff = unified_diff(best, source, self.task.script.name)
+        if source == best:
+            return Candidate(proposal.description, reason="edit: the edit changes nothing", diff=diff, llm=llm)
+        try:
+            problems = check_source(self.original, source, self.protection)
+        except SyntaxError as e:
+            return Candidate(proposal.description, reason=f"syntax: line {e.lineno}: {e.msg}", diff=diff, llm=llm)
+        if problems:
+            return Candidate(proposal.description, reason="tampering: " + "; ".join(problems), diff=diff, llm=llm)
+        return Candidate(proposal.description, source=source, diff=diff, llm=llm)
+
+    def _max_tokens(self) -> int:
+        settings = self.client.settings
+        want = self.options.max_tokens or max(settings.max_tokens, 1024)
+        return max(64, min(want, settings.context_tokens // 2))
+
+    # -- running and deciding --------------------------------------------------------------------
+    def _evaluate(self, source: str, number: int) -> tuple[TrialResult, list[str]]:
+        task = self.task
+        trial_dir = self.run_dir / "trials" / f"{number:05d}"
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        work_copy = trial_dir / task.script.name
+        work_copy.write_text(source, encoding="utf-8")
+        runner = task.config.runner
+        proc = run_isolated(
+            work_copy,
+            task_dir=task.script.parent,
+            log_path=trial_dir / "trial.log",
+            timeout_s=task.trial_timeout_s,
+            memory_cap_bytes=runner.memory_cap_bytes,
+            gpu_memory_fraction=runner.gpu_memory_fraction,
+            extra_env=task.extra_env,
+            isolate_network=self.options.isolate_network,
+            metric_keys=self.protection.witnessed,
+        )
+        outcome = classify(proc.returncode, proc.output, task.metric, timed_out=proc.timed_out)
+        tampering = [f"wrote {name}" for name in proc.tampered_files]
+        if proc.token is not None and outcome.status is TrialStatus.OK:
+            # Only the original metric statements can report: their lines carry the harness's token.
+            trusted = parse_metrics(reported_lines(proc.output, proc.token))
+            for key in self.protection.witnessed:
+                if key not in trusted:
+                    tampering.append(f"no '{key}:' line from the protected statement (the run ended before it, "
+                                     "or printed the line itself)")
+                elif not math.isclose(trusted[key], outcome.metrics.get(key, math.nan), rel_tol=0, abs_tol=0):
+                    tampering.append(f"the output's last '{key}:' line ({outcome.metrics.get(key)}) is not what "
+                                     f"the protected statement printed ({trusted[key]})")
+            outcome.metrics.update(trusted)
+            outcome.value = trusted.get(task.metric, outcome.value)
+        ok = outcome.status is TrialStatus.OK
+        training = outcome.metrics.get(self.protection.time_metric)
+        cost = training if ok and training is not None and math.isfinite(training) else proc.wall_s
+        result = TrialResult(
+            outcome.status, outcome.value, cost_s=cost, wall_s=proc.wall_s, metrics=outcome.metrics,
+            error=outcome.error, log_path=str(proc.log_path),
+            extra={"returncode": proc.returncode, "network_isolated": proc.network_isolated},
+        )
+        if ok:
+            tampering += check_output(proc.output, outcome.metrics, proc.wall_s, self.protection,
+                                      min_training_s=self.protection.time_budget)
+        return result, tampering
+
+    def _decide(self, result: TrialResult, tampering: list[str], baseline: bool) -> str:
+        if tampering:
+            return "rejected"
+        if result.status is not TrialStatus.OK:
+            return "baseline" if baseline else "failed"
+        if baseline:
+            return "baseline"
+        best = self.best_value
+        return "kept" if best is None or (result.value is not None and result.value < best) else "reverted"
+
+    def _keep(self, source: str, value: float | None, number: int) -> None:
+        self.study.set_user_attr(BEST_SOURCE_ATTR, source)
+        self.study.set_user_attr(BEST_VALUE_ATTR, value)
+        self.study.set_user_attr(BEST_TRIAL_ATTR, number)
+        path = self.run_dir / f"best_{self.task.script.name}"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(source, encoding="utf-8")
+        tmp.replace(path)
+
+    def _ask(self, source: str, *, enqueue: bool) -> optuna.Trial:
+        """A new trial whose params are the script's hyperparameter literals that lie in the space."""
+        space = self.task.space
+        try:
+            found = {a.name: a.value for a in find_assignments(source)}
+        except ValueError:
+            found = {}
+        config = {p.name: found[p.name] for p in space if p.name in found}
+        params = {p.key: p.encode(config[p.name]) for p in space if p.name in config and p.contains(config[p.name])}
+        dists = {p.key: p.distribution for p in space if p.key in params}
+        if enqueue:
+            self.study.enqueue_trial(params, skip_if_exists=False)
+        else:  # a queued trial (baseline, retry): only its fixed params, never a sampled value
+            queued = next(t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.WAITING)
+            fixed = queued.system_attrs.get("fixed_params", {})
+            dists = {k: v for k, v in dists.items() if k in fixed}
+        trial = self.study.ask()
+        for key, dist in dists.items():
+            trial._suggest(key, dist)  # fixed by the queue (the baseline's by open_study)
+        trial.set_user_attr(CONFIG_ATTR, config)
+        return trial
+
+    # -- history ---------------------------------------------------------------------------------
+    def history(self) -> list[Experiment]:
+        rows = []
+        for t in self.study.get_trials(deepcopy=False):
+            if not t.state.is_finished() or DECISION_ATTR not in t.user_attrs:
+                continue
+            ok = t.user_attrs.get("status") == "ok" and t.value is not None and math.isfinite(t.value)
+            detail = str(t.user_attrs.get(REASON_ATTR) or t.user_attrs.get("status") or "")
+            rows.append(Experiment(t.number, str(t.user_attrs.get(DESCRIPTION_ATTR, "")),
+                                   str(t.user_attrs[DECISION_ATTR]), t.value if ok else None, detail[:160]))
+        return rows
+
+
+def tune_agent_code(
+    task: Any,
+    *,
+    storage: str,
+    study_name: str,
+    seed: int,
+    budget_s: float | None,
+    n_trials: int | None,
+    penalty: float,
+    run_dir: Path,
+    options: dict[str, Any] | None = None,
+    llm: Any = None,
+    progress: ProgressHook | None = None,
+) -> TuneResult:
+    """`centaur.tune(method="agent-code")`: open (or resume) the study and run the agent."""
+    if not hasattr(task, "script") or not hasattr(task, "config"):
+        raise AgentCodeError(
+            f"agent-code edits a training script; task {getattr(task, 'name', task)!r} is not a script task"
+        )
+    opts = AgentOptions.parse(dict(options or {}))
+    ctx = MethodContext(space=task.space, seed=seed, run_dir=Path(run_dir), llm=llm)
+    client = client_for(ctx)
+    try:
+        study = open_study(task, method=METHOD, seed=seed, budget_s=budget_s, storage=storage,
+                           study_name=study_name, penalty=penalty, sampler=RandomSampler(seed=seed))
+        agent = CodeAgent(task, study, client, run_dir=Path(run_dir), options=opts, penalty=penalty, seed=seed)
+        return agent.run(budget_s=budget_s, n_trials=n_trials, progress=progress)
+    finally:
+        if client is not ctx.llm:
+            client.close()

@@ -1,0 +1,70 @@
+"""What a benchmark runs on: the surrogate (fitted once, loaded by every worker), the bundled task or a script."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from centaur.tasks.base import Task
+
+MODEL_FILE = "surrogate-model.pkl"
+_MODELS: dict[str, Any] = {}  # per worker process: a loaded surrogate model, by path
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A picklable description of the task that each worker process turns into a Task."""
+
+    text: str  # as the user gave it
+    name: str  # Task.name, used in study names
+    script: str | None = None  # a script task
+    model: str | None = None  # a surrogate task: the fitted model file
+
+    @property
+    def simulated(self) -> bool:
+        """Answered in-process in milliseconds (no real training): run it on in-memory storage."""
+        return self.model is not None
+
+
+def prepare_task(text: str | None, bench_dir: Path) -> TaskSpec:
+    """Resolve TEXT ("surrogate[:TRIALS]", "gpt", or a script path) once in the parent process.
+
+    The surrogate is fitted here (or loaded from the bench directory's cache, which is checked against
+    the trials file's hash) so the workers only load the saved model.
+    """
+    from centaur.api import BUNDLED_TASK
+
+    text = text or "gpt"
+    if text == "surrogate" or text.startswith("surrogate:"):
+        from centaur.surrogate.task import TRIALS_ENV, SurrogateTask
+
+        trials = text.split(":", 1)[1] if ":" in text else os.environ.get(TRIALS_ENV, "")
+        if not trials:
+            raise FileNotFoundError(f"no trials file for the surrogate: use --task surrogate:PATH or set ${TRIALS_ENV}")
+        cache = Path(bench_dir) / MODEL_FILE
+        task = SurrogateTask.from_trials(trials, cache=cache)
+        return TaskSpec(text=text, name=task.name, model=str(cache.resolve()))
+    from centaur.tasks.script import ScriptTask
+
+    script = BUNDLED_TASK if text == "gpt" else Path(text)
+    if not script.is_file():
+        raise FileNotFoundError(f"task script not found: {script} (give 'surrogate:TRIALS', 'gpt' or a script path)")
+    task = ScriptTask.from_script(script)  # validates the script and its search space now, not in the workers
+    return TaskSpec(text=text, name=task.name, script=str(Path(script).resolve()))
+
+
+def load_task(spec: TaskSpec, seed: int) -> Task:
+    """The task for one study, in a worker. A surrogate study draws its observation noise from its seed."""
+    if spec.model is not None:
+        from centaur.surrogate.model import SurrogateModel
+        from centaur.surrogate.task import SurrogateTask
+
+        model = _MODELS.get(spec.model)
+        if model is None:
+            model = _MODELS[spec.model] = SurrogateModel.load(spec.model)
+        return SurrogateTask(model, noise_seed=seed)
+    from centaur.tasks.script import ScriptTask
+
+    return ScriptTask.from_script(spec.script)

@@ -1,0 +1,143 @@
+"""The CMA-ES half of Centaur, behind one small interface so the backend can be ours (CatCMAwM, which
+models the categorical) or Optuna's CmaEsSampler (the reference study's, for ablations)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+import optuna
+from cmaes import CatCMAwM
+from optuna.samplers import CmaEsSampler
+from optuna.trial import FrozenTrial
+
+from centaur.methods.base import seeded_random_value, trial_seed
+from centaur.methods.catcma import CatCmaSampler
+from centaur.methods.cma_view import CmaView, build_view
+from centaur.space import SearchSpace
+
+
+class CmaBackend(Protocol):
+    def fixed(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]: ...
+    def propose(self, study: optuna.Study, trial: FrozenTrial) -> tuple[dict[str, Any], Any]: ...
+    def accept_own(self, study: optuna.Study, trial: FrozenTrial, handle: Any) -> None: ...
+    def accept_external(self, study: optuna.Study, trial: FrozenTrial) -> None: ...
+    def view(self, study: optuna.Study, handle: Any) -> CmaView | None: ...
+    def perturb(self, config: dict[str, Any], handle: Any,
+                rejected: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None: ...
+
+
+def _offset_perturb(cma: CatCmaSampler, config: dict[str, Any], mean: np.ndarray, draws: list[np.ndarray],
+                    rejected: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """`config` moved by CMA-ES's own sampled steps (draw - mean): a point of CMA-ES's distribution
+    re-centred on `config`. Tries each draw, then doubled steps; None if every result is rejected."""
+    base = cma.solution_of(config)
+    nf = len(cma.floats)
+    for scale in (1.0, 2.0, 4.0):
+        for draw in draws:
+            v = base._v_raw + scale * (draw - mean)
+            x = np.clip(v[:nf], 0.0, 1.0) if nf else None
+            z = v[nf:] if cma.ints else None
+            candidate = cma.decode(CatCMAwM.Solution(x, z, base.c, v))
+            candidate.update({p.name: config[p.name] for p in cma.cats + cma.singles})
+            if not rejected(candidate):
+                return candidate
+    return None
+
+
+class OurCmaBackend:
+    """Our CatCMAwM sampler; LLM points are tagged external and told with their exact values."""
+
+    def __init__(self, cma: CatCmaSampler) -> None:
+        self.cma = cma
+
+    def fixed(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self.cma.sample_relative(study, trial, self.cma.space.distributions())
+
+    def propose(self, study: optuna.Study, trial: FrozenTrial) -> tuple[dict[str, Any], Any]:
+        config, sol, opt = self.cma.propose(study, trial)
+        return config, (sol, opt, trial.number)
+
+    def accept_own(self, study: optuna.Study, trial: FrozenTrial, handle: Any) -> None:
+        self.cma.mark_own(study, trial, handle[0])
+
+    def accept_external(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.cma.mark_external(study, trial)
+
+    def view(self, study: optuna.Study, handle: Any) -> CmaView | None:
+        opt: CatCMAwM = handle[1]
+        if opt.generation == 0:
+            return None
+        cma = self.cma
+        a = opt._A
+        cov = opt._C * np.outer(a, a)  # what it samples from: sigma^2 * A C A
+        nf = len(cma.floats)
+        mean = np.array(opt._mean, dtype=float)
+        categorical, c = {}, None
+        if cma.cats:
+            q = np.array(opt._q)
+            categorical = {p.name: {ch: float(q[i, j]) for j, ch in enumerate(p.choices)}
+                           for i, p in enumerate(cma.cats)}
+            c = np.zeros_like(q, dtype=bool)
+            for i, p in enumerate(cma.cats):
+                c[i, int(np.argmax(q[i, : len(p.choices)]))] = True
+        mean_config = cma.decode(CatCMAwM.Solution(np.clip(mean[:nf], 0, 1) if nf else None,
+                                                   mean[nf:] if cma.ints else None, c, mean))
+        return build_view(params=cma.numeric, mean_unit=mean, cov_unit=cov, sigma=opt._sigma, sigma0=cma.sigma0,
+                          generation=opt.generation, from_unit=cma.from_unit, mean_config=mean_config,
+                          categorical=categorical)
+
+    def perturb(self, config: dict[str, Any], handle: Any,
+                rejected: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        sol, opt, number = handle
+        rng = np.random.RandomState(trial_seed(self.cma.seed, number, "centaur-perturb") % (2**32 - 1))
+        saved = opt._rng
+        opt._rng = rng
+        try:
+            draws = [sol._v_raw] + [opt.ask()._v_raw for _ in range(4)]
+        finally:
+            opt._rng = saved
+        return _offset_perturb(self.cma, config, np.array(opt._mean), draws, rejected)
+
+
+class OptunaCmaBackend:
+    """Optuna's CmaEsSampler with the study's settings (categoricals drawn at random). It reads each
+    trial's params at its generation update, so an LLM point is told simply by being the trial's params;
+    failures are told with the study's penalty (Optuna's sampler reads the told value)."""
+
+    def __init__(self, space: SearchSpace, seed: int, options: dict[str, Any]) -> None:
+        self.space, self.seed = space, seed
+        self.sampler = CmaEsSampler(seed=seed, popsize=options.get("popsize"), sigma0=options.get("sigma0"),
+                                    warn_independent_sampling=False)
+        self.helper = CatCmaSampler(space, seed)  # for the encoding used by `perturb`
+
+    def fixed(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return {}
+
+    def propose(self, study: optuna.Study, trial: FrozenTrial) -> tuple[dict[str, Any], Any]:
+        self.sampler._cma_rng.rng.seed(trial_seed(self.seed, trial.number, "cmaes-optuna") % (2**32 - 1))
+        inner = self.sampler.infer_relative_search_space(study, trial)
+        params = dict(self.sampler.sample_relative(study, trial, inner)) if inner else {}
+        for p in self.space:
+            if p.key not in params:
+                params[p.key] = seeded_random_value(study, trial, self.seed, p.key, p.distribution)
+        return self.space.decode(params), None
+
+    def accept_own(self, study: optuna.Study, trial: FrozenTrial, handle: Any) -> None:
+        pass
+
+    def accept_external(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        pass
+
+    def view(self, study: optuna.Study, handle: Any) -> CmaView | None:
+        return None  # Optuna keeps its optimizer private; this backend runs with the history only
+
+    def perturb(self, config: dict[str, Any], handle: Any,
+                rejected: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        salt = json.dumps(config, sort_keys=True, default=str)
+        rng = np.random.RandomState(trial_seed(self.seed, 0, salt) % (2**32 - 1))
+        mean = np.zeros(len(self.helper.numeric))
+        draws = [rng.normal(0.0, 1 / 6, len(mean)) for _ in range(5)]
+        return _offset_perturb(self.helper, config, mean, draws, rejected)

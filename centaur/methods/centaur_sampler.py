@@ -1,0 +1,224 @@
+"""`centaur`: CMA-ES runs every trial; on a share of them (after a warm-up) an LLM that sees CMA-ES's
+state in the hyperparameters' own units proposes the configuration instead (reference study §2.9).
+
+Fixes over the reference: the mean, spreads, named correlations and categorical probabilities are
+shown (decoded from the unit box), the schedule's share is exact, the LLM's configuration is exactly
+what runs and what CMA-ES is told (through the study, on any storage), missing keys come from CMA-ES's
+own proposal, a proposal repeating an evaluated configuration is asked again once and then perturbed
+within CMA-ES's distribution, a failed LLM point is told with a rank that cannot drag the search into
+the failing region, and an unusable answer falls back to CMA-ES's own proposal, marked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial
+
+from centaur.llm import (
+    LLMClient,
+    LLMUnavailable,
+    Proposal,
+    ProposalError,
+    cap_history,
+    config_schema,
+    validate_proposal,
+)
+from centaur.methods.base import SOURCE_ATTR, MethodContext, MethodError, register, set_trial_attr
+from centaur.methods.catcma import CMAES_OPTIONS, FAILURE_POLICIES, catcma_from_options
+from centaur.methods.centaur_cma import CmaBackend, OptunaCmaBackend, OurCmaBackend
+from centaur.methods.centaur_schedule import LLMSchedule
+from centaur.methods.failure_regions import failure_summary
+from centaur.methods.llm_common import (
+    SYSTEM_PROMPT,
+    History,
+    LLMSampler,
+    Outcome,
+    config_text,
+    llm_seed,
+    omitted_line,
+    read_history,
+    space_text,
+)
+
+DUPLICATE_POLICIES = ("reask", "perturb", "allow")
+CMA_PROPOSAL_ATTR = "cma_proposal"
+
+
+class CentaurSampler(LLMSampler):
+    method = "centaur"
+    default_fallback = "cmaes"
+    options_known = LLMSampler.options_known | CMAES_OPTIONS | {
+        "llm_ratio", "llm_warmup", "llm_trials", "cma_state", "backend", "failed_llm", "duplicates",
+        "history", "best_k", "temperature",
+    }
+
+    def __init__(self, ctx: MethodContext, client: LLMClient | None = None) -> None:
+        super().__init__(ctx, client)
+        o = self.options
+        trials = o.get("llm_trials")
+        if isinstance(trials, str):
+            trials = [int(t) for t in trials.replace(",", " ").split()]
+        self.schedule = LLMSchedule(float(o.get("llm_ratio", 0.3)), int(o.get("llm_warmup", 10)), trials)
+        self.show_state = _flag(o.get("cma_state", True))
+        self.duplicates = str(o.get("duplicates", "reask"))
+        if self.duplicates not in DUPLICATE_POLICIES:
+            raise MethodError(f"centaur: duplicates must be one of {DUPLICATE_POLICIES}, not {self.duplicates!r}")
+        failed_llm = str(o.get("failed_llm", "worst"))
+        if failed_llm not in FAILURE_POLICIES:
+            raise MethodError(f"centaur: failed_llm must be one of {FAILURE_POLICIES}, not {failed_llm!r}")
+        self.history_k = int(o.get("history", 20))
+        self.best_k = int(o.get("best_k", 5))
+        self.temperature = float(o.get("temperature", 0.7))
+        backend = str(o.get("backend", "cmaes"))
+        self.cma: CmaBackend
+        if backend == "cmaes":
+            self.cma = OurCmaBackend(catcma_from_options(ctx, o, external_failures=failed_llm))
+        elif backend == "cmaes-optuna":
+            if failed_llm != "penalty":
+                failed_llm = "penalty"  # Optuna's CmaEsSampler reads the told value; documented in docs
+            self.cma = OptunaCmaBackend(ctx.space, ctx.seed, o)
+        else:
+            raise MethodError(f"centaur: backend must be 'cmaes' or 'cmaes-optuna', not {backend!r}")
+        self.failed_llm = failed_llm
+        self.name = "centaur"
+
+    def _check_fallback(self) -> None:
+        if self.fallback not in ("cmaes", "error"):
+            raise MethodError(f"centaur: fallback is CMA-ES's own proposal ('cmaes') or 'error', not {self.fallback!r}")
+
+    # -- Optuna interface ------------------------------------------------------------------------
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        if trial.system_attrs.get("fixed_params"):
+            return self.cma.fixed(study, trial)
+        own, handle = self.cma.propose(study, trial)
+        set_trial_attr(study, trial, CMA_PROPOSAL_ATTR, own)
+        if not self.schedule.is_llm_turn(trial.number):
+            self.cma.accept_own(study, trial, handle)
+            set_trial_attr(study, trial, SOURCE_ATTR, "cmaes")
+            return self._params(own, search_space)
+        history = read_history(study, self.space, exclude=trial.number)
+        outcome, error, tracker, propose_s = self.ask_llm(
+            trial, lambda: self.propose_llm(study, trial, history, own, handle)
+        )
+        if outcome is not None:
+            self.cma.accept_external(study, trial)
+        else:
+            outcome = Outcome(config=own, source="llm-error" if self.llm_failure_is_fatal() else "llm-fallback:cmaes")
+            self.cma.accept_own(study, trial, handle)
+        self._record(study, trial, outcome, tracker, error, propose_s)
+        if outcome.source == "llm-error":
+            assert error is not None
+            raise LLMUnavailable(
+                f"centaur: the LLM failed ({error}); with fallback=error, or after "
+                f"{self._unavailable_in_row} unreachable turns in a row, the study stops instead of "
+                "silently becoming CMA-ES. Fix the endpoint and run again to resume."
+            ) from error
+        return self._params(outcome.config, search_space)
+
+    def _params(self, config: dict[str, Any], search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return {k: v for k, v in self.space.encode(config).items() if k in search_space}
+
+    # -- the LLM turn ----------------------------------------------------------------------------
+    def propose_llm(self, study: optuna.Study, trial: FrozenTrial, history: History, own: dict[str, Any],
+                    handle: Any) -> Outcome:
+        space = self.space
+        seen = history.seen(space)
+        prompt = self.prompt(study, history, own, handle)
+        attempts: list[int] = []
+
+        def accept(obj: dict[str, Any]) -> tuple[Proposal, int | None]:
+            attempts.append(1)
+            proposal = validate_proposal(space, obj, fill_from=own, fill_source="CMA-ES's proposal")
+            twin = seen.get(space.key_of(proposal.config))
+            if twin is not None and self.duplicates == "reask" and len(attempts) == 1:
+                raise ProposalError(
+                    f"that configuration was already evaluated (trial {twin}) or is running; evaluating it again "
+                    "wastes budget. Propose a different configuration."
+                )
+            return proposal, twin
+
+        answer = self.client.ask_json(
+            [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}],
+            accept=accept,
+            schema=config_schema(space) if self.client.settings.json_schema else None,
+            purpose="centaur:propose",
+            temperature=self.temperature,
+            seed=llm_seed(self.seed, trial.number, self.method),
+            reask_hint=f"Use exactly these keys: {', '.join(space.names)}, with values inside their ranges.",
+        )
+        proposal, twin = answer.value
+        repairs = [f"first answer rejected: {p}" for p in answer.problems] + proposal.repairs
+        config = proposal.config
+        detail: dict[str, Any] = {"reasked": answer.reasked, "prompt_chars": len(prompt)}
+        if twin is not None and self.duplicates != "allow":
+            perturbed = self.cma.perturb(config, handle, lambda c: space.key_of(c) in seen or bool(space.violations(c)))
+            if perturbed is not None:
+                repairs.append(f"repeated trial {twin}: perturbed within CMA-ES's distribution")
+                detail["duplicate_of"], detail["perturbed"] = twin, True
+                config = perturbed
+            else:
+                detail["duplicate_of"] = twin
+        return Outcome(config=config, raw=answer.raw, repairs=repairs, detail=detail)
+
+    def prompt(self, study: optuna.Study, history: History, own: dict[str, Any], handle: Any) -> str:
+        space, metric = self.space, self.metric
+        direction = "lower is better" if history.minimize else "higher is better"
+        parts = [f"## Task\n{self.task_description}\n", f"## Search space\n{space_text(space)}\n"
+                 "Integers are rounded, powers of two snap to the nearest power, numbers are clipped to their range.\n"]
+        if self.show_state:
+            view = self.cma.view(study, handle)
+            state = view.text() if view is not None else "- CMA-ES has not completed a generation yet."
+            parts.append(
+                "## CMA-ES advisor\nA CMA-ES optimizer runs alongside you; its search distribution now is:\n"
+                f"{state}\n- its own proposal for this trial: {config_text(own, space.names)}\n"
+            )
+        ok = sorted(history.successes, key=history.score)[: self.best_k]
+        if ok:
+            parts.append(f"## Best {len(ok)} so far ({metric}, {direction})\n"
+                         + "".join(self.row(o) + "\n" for o in ok))
+        statuses = [o.status for o in history.finished]
+        parts.append("## Failures\n" + failure_summary(space, [o.config for o in history.finished], statuses) + "\n")
+        footer = self._footer(history)
+        fixed = "\n".join(parts) + footer
+        budget = self.row_budget(SYSTEM_PROMPT, fixed)
+        rows, omitted = cap_history(history.finished, render=self.row, budget_tokens=budget,
+                                    counter=self.client.counter, last_k=self.history_k, best_k=0)
+        recent = "".join(self.row(o) + "\n" for o in rows) or "None yet.\n"
+        parts.append(f"## Last {len(rows)} evaluations ({metric}, {direction})\n{recent}{omitted_line(omitted)}")
+        return "\n".join(parts) + "\n" + footer
+
+    def _footer(self, history: History) -> str:
+        parts = []
+        running = self.running_text(history)
+        if running:
+            parts.append(running)
+        guidance = (
+            "## What to do\nPropose the next configuration to evaluate. "
+            + ("If CMA-ES's spreads are small, it has found a promising region: refine near its centre. If they "
+               "are large, use your knowledge of training dynamics to pick a better point. " if self.show_state
+               else "")
+            + "Stay out of regions where trials ran out of memory. Do not repeat an evaluated configuration. "
+            f"Use exactly these keys: {', '.join(self.space.names)}. "
+            "Reply with only a JSON object mapping each key to its value."
+        )
+        parts.append(guidance)
+        return "\n".join(parts)
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off")
+    return bool(value)
+
+
+@register("centaur", "CMA-ES (ours) whose state is shown to an LLM that proposes a share of the trials")
+def _centaur(ctx: MethodContext) -> CentaurSampler:
+    return CentaurSampler(ctx)
+

@@ -1,0 +1,43 @@
+"""`centaur report`: Markdown + HTML report with figures, from a bench/tune storage or the study's trial file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+err = Console(stderr=True)
+
+
+def report(
+    target: Annotated[str | None, typer.Argument(help="bench or run directory, SQLite file or storage URL")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="directory to write report.md/.html and PNGs")
+                      ] = Path("report"),
+    from_trials: Annotated[Path | None, typer.Option("--from-trials", help="build the report from the reference "
+                                                     "study's trials file ({method: {seed: [trial, ...]}})")] = None,
+    budget: Annotated[str, typer.Option(help="budget cut for --from-trials")] = "24h",
+    title: Annotated[str | None, typer.Option(help="report title")] = None,
+) -> None:
+    """Write a report: per-method table, convergence, incumbents, average rank, paired statistics."""
+    from centaur.cli import USER_ERRORS
+    from centaur.report.collect import ReportInputError, runs_from_storage, runs_from_trials_file
+    from centaur.report.render import build_report
+    from centaur.units import parse_duration
+
+    try:
+        if (target is None) == (from_trials is None):
+            raise ReportInputError("give either a storage/directory or --from-trials FILE")
+        if from_trials is not None:
+            runs = runs_from_trials_file(from_trials, parse_duration(budget))
+            source, default_title = str(from_trials), "Reference study: trials file"
+        else:
+            runs = runs_from_storage(target)
+            source, default_title = str(target), "Study report"
+        rep = build_report(runs, output, title=title or default_title, source=source)
+    except USER_ERRORS as e:
+        err.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    console.print(f"wrote {rep.markdown}, {rep.html} and {len(rep.figures)} figures")

@@ -1,0 +1,168 @@
+"""Reading studies into plain per-run records: from an Optuna storage (bench or tune) or the study's trial file."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from centaur.bench.grid import SECONDS_ATTR
+from centaur.methods.base import SOURCE_ATTR
+from centaur.study.records import STUDY_BUDGET, STUDY_METHOD, STUDY_SEED, STUDY_TASK, cost_of, is_success, status_of
+from centaur.study.storage import open_storage
+
+REFERENCE_BUDGET_S = 86400.0  # the reference study's 24 h
+
+
+class ReportInputError(ValueError):
+    """Nothing to report from the given input; the message says what was expected."""
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    status: str  # "ok" or a failure class
+    value: float | None  # objective of a successful trial
+    cost_s: float
+    noise_free: float | None = None  # surrogate studies: the value without observation noise
+    llm_calls: int = 0
+    llm_seconds: float = 0.0
+    source: str = ""
+
+
+@dataclass
+class Run:
+    """One study: a method on a task with one seed."""
+
+    name: str
+    method: str
+    seed: int
+    task: str
+    budget_s: float | None
+    trials: list[TrialRecord]
+    seconds: float | None = None  # wall seconds the benchmark spent on this study
+    llm_known: bool = True  # the source records LLM calls (the reference trials file does not)
+    counted: list[TrialRecord] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # A trial counts when it started within the budget (what the study loop spends); a run that went on
+        # past its budget (the reference study's requeued jobs) is cut there.
+        self.counted, used = [], 0.0
+        for t in self.trials:
+            if self.budget_s is not None and used >= self.budget_s:
+                break
+            self.counted.append(t)
+            used += t.cost_s
+
+    @property
+    def used_s(self) -> float:
+        return float(sum(t.cost_s for t in self.counted))
+
+    @property
+    def best_trial(self) -> TrialRecord | None:
+        ok = [t for t in self.counted if t.value is not None]
+        return min(ok, key=lambda t: t.value) if ok else None
+
+    @property
+    def best(self) -> float | None:
+        b = self.best_trial
+        return None if b is None else b.value
+
+    @property
+    def failure_share(self) -> float:
+        """Share of counted trials that failed, of any cause (the study's "OOM%")."""
+        return sum(t.status != "ok" for t in self.counted) / len(self.counted) if self.counted else math.nan
+
+    @property
+    def failures(self) -> Counter:
+        return Counter(t.status for t in self.counted if t.status != "ok")
+
+    def incumbent(self) -> tuple[np.ndarray, np.ndarray]:
+        """Cumulative cost (s) at the end of each counted trial, and the best value so far (NaN before any)."""
+        cost = np.cumsum([t.cost_s for t in self.counted]) if self.counted else np.zeros(0)
+        vals = np.array([t.value if t.value is not None else np.inf for t in self.counted], dtype=float)
+        best = np.minimum.accumulate(vals) if len(vals) else vals
+        return cost, np.where(np.isfinite(best), best, np.nan)
+
+
+def _storage_url(target: str | Path) -> str:
+    text = str(target)
+    if "://" in text or text.startswith("journal:"):
+        return text
+    path = Path(text)
+    if path.is_dir():
+        for name in ("bench.journal", "bench.db", "study.db"):
+            if (path / name).is_file():
+                return _storage_url(path / name)
+        raise ReportInputError(f"{path} has no bench.journal, bench.db or study.db "
+                               "(give a bench/run directory, a storage file or a storage URL)")
+    if path.is_file():
+        return f"journal:{path.resolve()}" if path.suffix in (".journal", ".log") else f"sqlite:///{path.resolve()}"
+    raise FileNotFoundError(f"no such directory, database or storage URL: {text}")
+
+
+def runs_from_storage(target: str | Path) -> list[Run]:
+    """Every study in a storage: a directory with bench.journal, bench.db or study.db; a journal or SQLite
+    file; a storage URL."""
+    url = _storage_url(target)
+    storage = open_storage(url)
+    runs: list[Run] = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        attrs = summary.user_attrs
+        study_id = storage.get_study_id_from_name(summary.study_name)
+        trials = [t for t in storage.get_all_trials(study_id, deepcopy=False) if t.state.is_finished()]
+        records = [_record(t) for t in sorted(trials, key=lambda t: t.number)]
+        seed = attrs.get(STUDY_SEED)
+        runs.append(Run(
+            name=summary.study_name,
+            method=str(attrs.get(STUDY_METHOD) or summary.study_name),
+            seed=int(seed) if seed is not None else len(runs),
+            task=str(attrs.get(STUDY_TASK, "")),
+            budget_s=attrs.get(STUDY_BUDGET),
+            trials=records,
+            seconds=attrs.get(SECONDS_ATTR),
+        ))
+    if not runs:
+        raise ReportInputError(f"no studies in {url}")
+    return runs
+
+
+def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
+    nf = t.user_attrs.get("noise_free")
+    ok = is_success(t)
+    return TrialRecord(
+        number=t.number,
+        status=status_of(t) if t.state != TrialState.FAIL else "lost",
+        value=float(t.value) if ok else None,
+        cost_s=cost_of(t),
+        noise_free=float(nf) if isinstance(nf, (int, float)) and math.isfinite(nf) else None,
+        llm_calls=int(t.user_attrs.get("llm_calls", 0)),
+        llm_seconds=float(t.user_attrs.get("llm_seconds", 0.0)),
+        source=str(t.user_attrs.get(SOURCE_ATTR, "")),
+    )
+
+
+def runs_from_trials_file(path: str | Path, budget_s: float = REFERENCE_BUDGET_S) -> list[Run]:
+    """The reference study's own trials (`{method: {seed: [trial, ...]}}`), cut at its 24 h budget.
+
+    The file does not say why a trial failed (almost always CUDA OOM); failures are classed "failed".
+    """
+    from centaur.surrogate.data import load_trials
+
+    df = load_trials(path)
+    runs: list[Run] = []
+    for (method, seed), g in df.groupby(["method", "seed"], sort=True):
+        g = g.sort_values("tid")
+        records = [
+            TrialRecord(number=int(r.tid), status="ok" if r.success else "failed",
+                        value=float(r.val_bpb) if r.success else None, cost_s=float(r.wt))
+            for r in g.itertuples()
+        ]
+        runs.append(Run(name=f"{method} seed {seed}", method=str(method), seed=int(seed),
+                        task="reference study", budget_s=budget_s, trials=records, llm_known=False))
+    return runs

@@ -1,0 +1,166 @@
+"""Writing a report: Markdown text, the same as HTML, and the PNG figures beside them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from centaur.report import figures
+from centaur.report.collect import Run
+from centaur.report.stats import MethodRow, PairStat, common_budget, method_table, pairwise
+from centaur.units import format_duration
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #bbb;padding:4px 8px;
+text-align:right}th{background:#eee}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+code{background:#f4f4f4;padding:1px 3px}"""
+
+
+@dataclass
+class Report:
+    markdown: Path
+    html: Path
+    figures: list[Path]
+    rows: list[MethodRow]
+    pairs: list[PairStat]
+
+
+def _pm(mean: float | None, std: float | None, digits: int = 4) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.4g}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def method_rows_md(rows: list[MethodRow], metric: str) -> str:
+    """The per-method table; a column nobody has data for (noise-free, LLM use, bench seconds) is left out."""
+
+    def num(x: float | None, fmt: str = ".1f") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    columns = [
+        ("method", lambda r: r.method),
+        ("seeds", lambda r: str(r.n_seeds)),
+        (f"best {metric} (mean ± std)", lambda r: _pm(r.best_mean, r.best_std)),
+        ("noise-free at best (mean ± std)", lambda r: _pm(r.noise_free_mean, r.noise_free_std)),
+        ("OOM% (all failures)", lambda r: f"{r.fail_pct:.1f}%"),
+        ("failure classes (all seeds)",
+         lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r.failures.items())) or "none"),
+        ("trials / seed", lambda r: f"{r.trials_mean:.1f}"),
+        ("LLM calls / seed", lambda r: num(r.llm_calls_mean)),
+        ("LLM s / seed", lambda r: num(r.llm_seconds_mean)),
+        ("fallbacks / seed", lambda r: num(r.fallbacks_mean)),
+        ("wall s / study", lambda r: _pm(r.seconds_mean, r.seconds_std, 2)),
+    ]
+    cells = [[f(r) for _, f in columns] for r in rows]
+    keep = [i for i, (name, _) in enumerate(columns)
+            if i < 3 or name.startswith(("OOM", "failure", "trials")) or any(c[i] != "-" for c in cells)]
+    return _table([columns[i][0] for i in keep], [[c[i] for i in keep] for c in cells])
+
+
+def pairs_md(pairs: list[PairStat]) -> str:
+    body = []
+    for p in pairs:
+        ci = "-" if p.ci_low is None else f"[{p.ci_low:+.4f}, {p.ci_high:+.4f}]"
+        body.append([
+            f"{p.a} vs {p.b}", str(p.n), f"{p.mean_a:.4f}", f"{p.mean_b:.4f}", f"{p.delta:+.4f}", ci,
+            f"{p.wins_a} / {p.wins_b}", _p(p.p_two_sided), _p(p.p_a_better), p.p_method if p.p_two_sided else "-",
+            p.note,
+        ])
+    return _table(
+        ["A vs B", "n", "mean A", "mean B", "Δ = A − B", "95% bootstrap CI of Δ", "seeds A better / B better",
+         "p two-sided", "p one-sided (A < B)", "test", "conclusion"],
+        body,
+    )
+
+
+def runs_md(runs: list[Run]) -> str:
+    body = []
+    for r in sorted(runs, key=lambda r: (r.method, r.seed)):
+        bt = r.best_trial
+        body.append([
+            r.name, r.method, str(r.seed), str(len(r.counted)), "-" if bt is None else f"{bt.value:.4f}",
+            "-" if bt is None or bt.noise_free is None else f"{bt.noise_free:.4f}",
+            "-" if bt is None else str(bt.number), f"{100 * r.failure_share:.1f}%", f"{r.used_s / 3600:.2f}",
+            "-" if r.seconds is None else f"{r.seconds:.2f}",
+        ])
+    return _table(["study", "method", "seed", "trials", "best", "noise-free at best", "best trial", "failed",
+                   "budget used (h)", "wall s"], body)
+
+
+def build_report(runs: list[Run], out_dir: Path | str, *, title: str, source: str, metric: str = "val_bpb") -> Report:
+    """Write report.md, report.html and the PNGs into OUT_DIR."""
+    import markdown
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = method_table(runs)
+    order = [r.method for r in rows]
+    pairs = pairwise(runs, order)
+    budget_s = common_budget(runs)
+    figs: list[Path] = [figures.convergence(runs, order, budget_s, metric, out / "convergence.png")]
+    rank_png = figures.ranks(runs, order, budget_s, out / "ranks.png")
+    figs += [rank_png] if rank_png else []
+    figs.append(figures.incumbents(runs, order, budget_s, metric, out / "incumbents.png"))
+    figs.append(figures.finals(runs, order, metric, out / "finals.png"))
+    tasks = sorted({r.task for r in runs if r.task})
+    small = [p for p in pairs if not p.can_be_significant and p.n >= 1]
+    parts = [
+        f"# {title}",
+        f"Source: `{source}`. Task: {', '.join(tasks) or 'unknown'}. Budget per run: {format_duration(budget_s)} "
+        f"of counted trial cost. {len(runs)} run(s), {len(rows)} method(s). Generated "
+        f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
+        "## Results per method",
+        method_rows_md(rows, metric),
+        f"*Best {metric}*: the lowest observed value among the successful trials that started within the budget, "
+        "mean ± population std (ddof 0) over seeds. *Noise-free at best*: the surrogate's value without "
+        "observation noise for that same trial (surrogate studies). *OOM%*: failed trials of any cause as a "
+        "share of all trials, as the reference study counts it; the failure classes say which. LLM columns and "
+        "fallbacks are sums per run, averaged over seeds. *Wall s / study*: benchmark wall seconds per study.",
+        "## Convergence",
+        "![best so far against the cumulative budget, mean and ±1 std over seeds](convergence.png)",
+    ]
+    if rank_png:
+        parts += ["## Average rank", "![average rank of each method over time](ranks.png)"]
+    parts += [
+        "## Incumbent traces",
+        "![incumbent trace of the best seed of each method](incumbents.png)",
+        "## Final values per seed",
+        "![best value of every seed](finals.png)",
+        "## Pairwise statistics",
+        "Paired by seed over the seeds both methods have. Wilcoxon signed-rank test (scipy, zero_method "
+        "\"wilcox\"; exact p-values when the paired differences have no ties), two-sided and one-sided "
+        "(H1: A lower than B); 95% percentile bootstrap confidence interval of the mean paired difference.",
+        pairs_md(pairs) if pairs else "Only one method: nothing to compare.",
+    ]
+    if small:
+        parts.append(
+            f"**Too few seeds:** {len(small)} of {len(pairs)} comparisons cannot reach p ≤ 0.05 whatever the "
+            "data (with n paired seeds the smallest exact two-sided p is 2/2^n, above 0.05 for n < 6). "
+            "Run more seeds before calling a difference significant."
+        )
+    parts += ["## Runs", runs_md(runs)]
+    text = "\n\n".join(parts) + "\n"
+    md_path = out / "report.md"
+    md_path.write_text(text, encoding="utf-8")
+    body = markdown.markdown(text, extensions=["tables"])
+    html_path = out / "report.html"
+    html_path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head>"
+        f"<body>{body}</body></html>\n",
+        encoding="utf-8",
+    )
+    return Report(md_path, html_path, figs, rows, pairs)

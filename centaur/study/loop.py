@@ -272,20 +272,7 @@ def _start_trial(task: Task, study: optuna.Study) -> tuple[optuna.Trial, dict[st
             trial.set_user_attr(key, value)
 
     with_retries(mark, f"starting trial {trial.number}")
-    if _is_sqlite(study) and "fixed_params" in study._storage.get_trial(trial._trial_id).system_attrs:
-        # SQLite has no row locks: two workers can take the same queued trial. Both wrote their owner;
-        # the one whose owner was overwritten leaves the trial to the other.
-        time.sleep(0.2)
-        owner = with_retries(lambda: study._storage.get_trial(trial._trial_id), "reading a trial").user_attrs
-        if owner.get(OWNER_ATTR, {}).get("pid") != os.getpid() or owner[OWNER_ATTR].get("host") != owner_tag()["host"]:
-            log.warning("trial %d was also taken by another worker; leaving it to that one", trial.number)
-            return None
     return trial, config
-
-
-def _is_sqlite(study: optuna.Study) -> bool:
-    storage = getattr(study._storage, "_backend", study._storage)
-    return str(getattr(storage, "url", "")).startswith("sqlite")
 
 
 def _run_one(

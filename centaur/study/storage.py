@@ -9,7 +9,7 @@ import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 
 class StorageError(RuntimeError):
@@ -22,6 +22,10 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     dozens per trial), readers do not block the writer, and a killed process still loses nothing
     committed (only a power cut can drop the last commits). Not for network file systems."""
     if isinstance(dbapi_connection, sqlite3.Connection):
+        # Python's sqlite3 would open a transaction only at the first write, so Optuna's read-check-write
+        # steps (taking a queued trial) were not atomic: two workers could take the same trial.
+        # Transactions are begun explicitly instead, see `_sqlite_begin`.
+        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
             # Switching to WAL needs the database to itself; once it is WAL (it persists), only read the mode.
@@ -32,6 +36,17 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
             pass  # busy right now (another process switching it): this connection keeps the defaults
         finally:
             cursor.close()
+
+
+@event.listens_for(Engine, "begin")
+def _sqlite_begin(conn: Connection) -> None:
+    """A real SQLite transaction from its first read: when another process commits between a read and
+    the write that depends on it, the write fails (SQLITE_BUSY_SNAPSHOT) instead of acting on stale data;
+    Optuna raises StorageInternalError and the caller's retry repeats the step. Not BEGIN IMMEDIATE:
+    Optuna nests a second connection inside an open one while it creates a storage, which would wait
+    on itself."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN")
 
 
 def default_storage_url(run_dir: Path) -> str:

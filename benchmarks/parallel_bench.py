@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import psutil
 
 from centaur.space import SearchSpace, reference_space
 from centaur.study.loop import open_study, run_worker
@@ -60,9 +61,16 @@ def _worker(url: str, name: str, method: str, trials: int, run_dir: str, ready: 
     cpu.put(time.process_time() - start)  # this worker's CPU for its trials, start-up excluded
 
 
-def cell(url: str, method: str, n: int, trials: int, tmp: Path) -> tuple[float, int, int, float]:
+def _busy_s() -> float:
+    """CPU seconds the whole machine spent busy so far (every process: workers, database server, others)."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def cell(url: str, method: str, n: int, trials: int, tmp: Path) -> tuple[float, int, int, float, float]:
     """(wall seconds from the common start to the last completion, trials completed, workers crashed,
-    worker CPU seconds per trial, start-up excluded: the database server's share is not included)."""
+    worker CPU seconds per trial with start-up excluded, machine CPU seconds per trial: workers plus the
+    database server plus whatever else ran)."""
     name = f"bench-{method}-{n}-{uuid.uuid4().hex[:6]}"
     task = SleepTask(reference_space())
     open_study(task, method=method, seed=0, budget_s=None, storage=url, study_name=name, penalty=100.0)
@@ -74,16 +82,17 @@ def cell(url: str, method: str, n: int, trials: int, tmp: Path) -> tuple[float, 
         p.start()
     for _ in procs:
         ready.acquire()
-    start = time.time()
+    start, busy0 = time.time(), _busy_s()
     go.set()
     for p in procs:
         p.join()
+    busy = _busy_s() - busy0
     crashed = sum(p.exitcode != 0 for p in procs)
     cpu = sum(cpu_q.get() for _ in range(n - crashed))
     study = optuna.load_study(study_name=name, storage=open_storage(url))
     done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     end = max(t.datetime_complete.timestamp() for t in done)
-    return end - start, len(done), crashed, cpu / max(1, len(done))
+    return end - start, len(done), crashed, cpu / max(1, len(done)), busy / max(1, len(done))
 
 
 def main() -> None:
@@ -101,7 +110,7 @@ def main() -> None:
     print(f"{'storage':11} {'method':6} " + " ".join(f"{'N=' + str(n):>16}" for n in ns))
     for storage in args.storages.split(","):
         for method in args.methods.split(","):
-            row, cpus = [], []
+            row, cpus, machine = [], [], []
             for n in ns:
                 if storage == "sqlite":
                     url = f"sqlite:///{tmp / f'{method}-{n}.db'}"
@@ -109,13 +118,17 @@ def main() -> None:
                     url = f"journal:{tmp / f'{method}-{n}.log'}"
                 else:
                     url = args.pg
-                wall, done, crashed, cpu = cell(url, method, n, args.trials, tmp)
+                wall, done, crashed, cpu, busy = cell(url, method, n, args.trials, tmp)
                 cpus.append(cpu)
+                machine.append(busy)
                 rate = done / wall
                 row.append(f"{rate:5.2f}/s ({rate / n:4.2f})" + (f" {crashed}x!" if crashed else ""))
             print(f"{storage:11} {method:6} " + " ".join(f"{c:>16}" for c in row), flush=True)
             print(f"{'':11} {'cpu/tr':6} " + " ".join(f"{c * 1000:>14.0f}ms" for c in cpus), flush=True)
+            print(f"{'':11} {'all/tr':6} " + " ".join(f"{c * 1000:>14.0f}ms" for c in machine), flush=True)
     print("cells: trials per second (ratio to the ideal N per second); 'Kx!': K workers crashed (see stderr)")
+    print("cpu/tr: worker CPU per trial; all/tr: machine CPU per trial (workers + database server + others).")
+    print(f"N workers at 1 trial/s need about N x all/tr CPU seconds per second: this machine has {os.cpu_count()}.")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ fake OpenAI-compatible server; a real-model run is in test_llm_real.py."""
 from __future__ import annotations
 
 import json
-import math
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -236,13 +236,32 @@ def test_prompt_for_14_parameters_at_trial_300_fits_its_budget(tmp_path):
         own, handle = sampler.cma.propose(study, frozen)
         history = centaur.methods.llm_common.read_history(study, space, exclude=trial.number)
         prompt = sampler.prompt(study, history, own, handle)
+        # The next turn, three trials later: its prompt repeats this one up to the end of the table.
+        later = centaur.methods.llm_common.History(history.finished + [history.finished[-1]] * 0, [])
+        for i in range(3):
+            o = history.finished[i]
+            later.finished.append(type(o)(300 + i, o.config, o.status, o.value))
+        next_prompt = sampler.prompt(study, later, own, handle)
     tokens = sampler.client.counter.count_messages([{"content": prompt}])
     print(f"centaur prompt at trial 300, 14 parameters: {len(prompt)} chars, ~{tokens} tokens "
           f"(budget {settings.prompt_budget})")
     assert tokens <= settings.prompt_budget
     assert "centre of the search" in prompt and "WINDOW_PATTERN probabilities" in prompt
-    assert "Last 20 evaluations" in prompt and "ran out of memory" in prompt
-    assert math.isfinite(tokens)
+    assert "ran out of memory" in prompt
+    table = prompt[prompt.index("## Evaluations") : prompt.index("## CMA-ES advisor")]
+    numbers = [int(line.split(" | ")[0]) for line in table.splitlines()[2:] if " | " in line]
+    assert numbers == list(range(280, 300))  # the window starts at a multiple of 20
+    shared = len(os.path.commonprefix([prompt, next_prompt]))
+    assert shared >= prompt.index("## CMA-ES advisor") - 2  # all but the newline before the next section
+    print(f"the next turn shares {shared / len(prompt):.0%} of this prompt")
+
+
+def test_history_window_moves_in_whole_blocks():
+    from centaur.methods.centaur_sampler import block_start
+
+    assert [block_start(n, 20) for n in (0, 5, 19, 20, 39, 40, 41, 59, 60)] == [0, 0, 0, 0, 0, 20, 20, 20, 40]
+    assert all(20 <= n - block_start(n, 20) <= 39 for n in range(20, 400))
+    assert block_start(7, 0) == 0
 
 
 # -- the command line ------------------------------------------------------------------------------

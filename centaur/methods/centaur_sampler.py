@@ -35,10 +35,13 @@ from centaur.methods.llm_common import (
     SYSTEM_PROMPT,
     History,
     LLMSampler,
+    Observation,
     Outcome,
     config_text,
+    fmt_number,
     llm_seed,
     omitted_line,
+    outcome_text,
     read_history,
     space_text,
 )
@@ -168,31 +171,47 @@ class CentaurSampler(LLMSampler):
         return Outcome(config=config, raw=answer.raw, repairs=repairs, detail=detail)
 
     def prompt(self, study: optuna.Study, history: History, own: dict[str, Any], handle: Any) -> str:
+        """Unchanging parts first, then the history window, then what changes every turn.
+
+        A local model server reuses its cache for the longest prefix a prompt shares with the previous
+        one, so the order decides how many tokens each turn recomputes: the window of evaluations starts
+        at a multiple of `history` trials and only grows until it jumps by a whole block, so a turn
+        usually recomputes just its new rows and the CMA-ES state (about a third of the prompt). Rows
+        are table lines under one header, not JSON objects that repeat every key.
+        """
         space, metric = self.space, self.metric
         direction = "lower is better" if history.minimize else "higher is better"
-        parts = [f"## Task\n{self.task_description}\n", f"## Search space\n{space_text(space)}\n"
-                 "Integers are rounded, powers of two snap to the nearest power, numbers are clipped to their range.\n"]
+        static = [f"## Task\n{self.task_description}\n", f"## Search space\n{space_text(space)}\n"
+                  "Integers are rounded, powers of two snap to the nearest power, numbers are clipped to their "
+                  "range.\n"]
+        dynamic = []
         if self.show_state:
             view = self.cma.view(study, handle)
             state = view.text() if view is not None else "- CMA-ES has not completed a generation yet."
-            parts.append(
+            dynamic.append(
                 "## CMA-ES advisor\nA CMA-ES optimizer runs alongside you; its search distribution now is:\n"
                 f"{state}\n- its own proposal for this trial: {config_text(own, space.names)}\n"
             )
         ok = sorted(history.successes, key=history.score)[: self.best_k]
         if ok:
-            parts.append(f"## Best {len(ok)} so far ({metric}, {direction})\n"
-                         + "".join(self.row(o) + "\n" for o in ok))
+            dynamic.append(f"## Best {len(ok)} so far ({metric}, {direction})\n"
+                           + "".join(self.row(o) + "\n" for o in ok))
         statuses = [o.status for o in history.finished]
-        parts.append("## Failures\n" + failure_summary(space, [o.config for o in history.finished], statuses) + "\n")
-        footer = self._footer(history)
-        fixed = "\n".join(parts) + footer
-        budget = self.row_budget(SYSTEM_PROMPT, fixed)
-        rows, omitted = cap_history(history.finished, render=self.row, budget_tokens=budget,
-                                    counter=self.client.counter, last_k=self.history_k, best_k=0)
-        recent = "".join(self.row(o) + "\n" for o in rows) or "None yet.\n"
-        parts.append(f"## Last {len(rows)} evaluations ({metric}, {direction})\n{recent}{omitted_line(omitted)}")
-        return "\n".join(parts) + "\n" + footer
+        dynamic.append("## Failures\n" + failure_summary(space, [o.config for o in history.finished], statuses) + "\n")
+        footer = "\n".join(dynamic) + "\n" + self._footer(history)
+        header = (f"## Evaluations, oldest first ({metric}, {direction})\n"
+                  f"columns: trial | {', '.join(space.names)} | result\n")
+        budget = self.row_budget(SYSTEM_PROMPT, "\n".join(static), header, footer)
+        window = history.finished[block_start(len(history.finished), self.history_k):]
+        rows, omitted = cap_history(window, render=self.table_row, budget_tokens=budget,
+                                    counter=self.client.counter, last_k=None, best_k=0)
+        omitted += len(history.finished) - len(window)
+        table = "".join(self.table_row(o) + "\n" for o in rows) or "None yet.\n"
+        return "\n".join(static) + "\n" + header + omitted_line(omitted) + table + "\n" + footer
+
+    def table_row(self, o: Observation) -> str:
+        values = ", ".join(fmt_number(o.config[n]) for n in self.space.names)
+        return f"{o.number} | {values} | {outcome_text(o, self.metric)}"
 
     def _footer(self, history: History) -> str:
         parts = []
@@ -210,6 +229,12 @@ class CentaurSampler(LLMSampler):
         )
         parts.append(guidance)
         return "\n".join(parts)
+
+
+def block_start(n: int, k: int) -> int:
+    """First row of the history window over `n` rows: a multiple of `k`, leaving between `k` and 2k-1
+    rows once there are `k`, so the window's start moves only once every `k` rows."""
+    return max(0, (n - k) // k * k) if k > 0 else 0
 
 
 def _flag(value: Any) -> bool:

@@ -200,6 +200,7 @@ class LLMSampler(BaseSampler):
 
     method = "llm"
     default_fallback = "tpe"
+    records_source = True  # every trial's proposal_source is written here, not by the worker loop
     options_known: frozenset[str] = frozenset({"metric", "fallback", "max_unavailable_in_row"})
 
     def __init__(self, ctx: MethodContext, client: LLMClient | None = None) -> None:

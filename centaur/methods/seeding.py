@@ -25,6 +25,21 @@ def _reseed(obj: Any, seed: int, number: int, path: str = "", depth: int = 0) ->
             _reseed(value, seed, number, f"{path}{name}.", depth + 1)
 
 
+class _TrialSnapshot:
+    """The study as one trial's suggestions see it: every trial read comes from the snapshot Optuna
+    caches per trial (taken at the first read after `ask`). TPE with a constant liar otherwise re-reads
+    all trials from the storage for each parameter, 14 reads per trial on the reference space."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
+        return self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
 class PerTrialSeeded(BaseSampler):
     """Wraps an Optuna sampler; before each trial, its random states are seeded from (seed, trial number)."""
 
@@ -47,7 +62,7 @@ class PerTrialSeeded(BaseSampler):
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+        return self.inner.sample_independent(_TrialSnapshot(study), trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         _reseed(self.inner, self.seed, trial.number)

@@ -50,6 +50,15 @@ def is_connection_error(e: BaseException) -> bool:
     return module.startswith(("psycopg2", "psycopg")) or isinstance(e, ConnectionError)
 
 
+def _is_sqlite_conflict(e: BaseException | None) -> bool:
+    """SQLite's answer when another process committed between this transaction's read and its write."""
+    while e is not None:
+        if type(e).__module__ == "sqlite3" and "locked" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def retry_window_s() -> float:
     return float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_S))
 
@@ -59,7 +68,11 @@ def with_retries(fn: Callable[[], T], what: str, window_s: float | None = None) 
     window = retry_window_s() if window_s is None else window_s
 
     def before_sleep(state: Any) -> None:
-        log.warning("storage unavailable while %s (%s); retrying", what, state.outcome.exception())
+        e = state.outcome.exception()
+        if _is_sqlite_conflict(e):  # routine with several SQLite workers: another one committed first
+            log.debug("SQLite write conflict while %s; retrying", what)
+        else:
+            log.warning("storage unavailable while %s (%s); retrying", what, e)
 
     try:
         for attempt in Retrying(

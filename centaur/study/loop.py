@@ -263,10 +263,10 @@ def _start_trial(task: Task, study: optuna.Study) -> tuple[optuna.Trial, dict[st
     sampler_s = time.perf_counter() - t0
 
     def mark() -> None:
-        stored = study._storage.get_trial_user_attrs(trial._trial_id)
-        # Samplers write their own attributes straight to storage (the Trial object's cache misses them).
         attrs = {CONFIG_ATTR: config, OWNER_ATTR: owner_tag(), STARTED_ATTR: time.time(), SAMPLER_ATTR: sampler_s}
-        if SOURCE_ATTR not in stored:
+        # The source is already set on a queued trial (baseline, retry: in the Trial's cached attributes)
+        # or by a sampler that records its own (LLM methods write it straight to the storage).
+        if SOURCE_ATTR not in trial.user_attrs and not getattr(study.sampler, "records_source", False):
             attrs[SOURCE_ATTR] = getattr(study.sampler, "name", type(study.sampler).__name__)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)

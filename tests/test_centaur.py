@@ -290,3 +290,22 @@ def test_cli_tune_centaur_with_ablation_switches(tmp_path):
     assert study.best_value < 1.5
     bad = CliRunner().invoke(app, ["tune", str(QUAD), "-m", "tpe", "--llm-ratio", "0.5", "--run-dir", str(tmp_path)])
     assert bad.exit_code == 2 and "only for --method centaur" in bad.output
+
+
+def test_failures_rank_by_distance_to_configurations_that_ran():
+    """A generation that failed entirely still tells CMA-ES where to go: towards what ran."""
+    rng = np.random.default_rng(1)
+    members = [
+        optuna.trial.create_trial(params=SPACE.encode({**OPTIMUM, "WD": float(rng.uniform(0, 1))}),
+                                  distributions=SPACE.distributions(), value=100.0,
+                                  user_attrs={"status": "oom"}, system_attrs={GEN_ATTR: 0})
+        for _ in range(4)
+    ]
+    sampler = CatCmaSampler(SPACE)
+    points = [sampler.coords(SPACE.decode(t.params)) for t in members]
+    feasible = [points[2] + 0.01]  # something that ran, right next to member 2
+    values = sampler._values(members, feasible)
+    assert min(range(4), key=values.__getitem__) == 2
+    distances = [float(np.linalg.norm(p - feasible[0])) for p in points]
+    assert sorted(range(4), key=values.__getitem__) == sorted(range(4), key=distances.__getitem__)
+    assert all(v == pytest.approx(100.0, abs=1e-3) for v in values)  # still a failure's value

@@ -177,22 +177,40 @@ class CatCmaSampler(BaseSampler):
             members = [t for t in members if not (t.system_attrs.get(EXTERNAL_ATTR) and _failed(t))]
         return sorted(members, key=lambda t: t.number)
 
-    def _values(self, members: list[FrozenTrial]) -> list[float]:
+    def _values(self, members: list[FrozenTrial], feasible: list[np.ndarray] | None = None) -> list[float]:
         """The values CMA-ES ranks. A failure is placed just behind the generation's worst success
         instead of at the penalty: ranks are the same, but a penalty of 100 would blow up the
         interquartile range CatCMAwM scales its boundary penalties with, and then every clipped sample
-        would rank below an out-of-memory one. Failed external points follow `external_failures`."""
+        would rank below an out-of-memory one. Failed external points follow `external_failures`.
+
+        Failures rank among themselves by their distance to the nearest configuration that ran
+        (`feasible`, numeric coordinates on CMA-ES's scale): a generation that failed entirely (a start
+        in an out-of-memory region) still moves the search towards where trials succeed."""
         ok = [float(t.value) for t in members if not _failed(t)]  # type: ignore[arg-type]
-        if not ok:
-            return [float(t.value) for t in members]  # type: ignore[arg-type]
-        worst = max(ok)
+        worst = max(ok) if ok else max(float(t.value) for t in members)  # type: ignore[arg-type]
         values = []
         for i, t in enumerate(members):
             if not _failed(t) or (self.external_failures == "penalty" and t.system_attrs.get(EXTERNAL_ATTR)):
                 values.append(float(t.value))  # type: ignore[arg-type]
             else:
-                values.append(worst + 1e-9 * (i + 1))
+                d = self._distance(t, feasible) if feasible else 0.0
+                values.append(worst + 1e-6 * d + 1e-12 * (i + 1))
         return values
+
+    def coords(self, config: dict[str, Any]) -> np.ndarray:
+        """The numeric parameters of `config` on CMA-ES's [0, 1] scale."""
+        return np.array([self.unit(p, config[p.name]) for p in self.floats + self.ints])
+
+    def _distance(self, t: FrozenTrial, feasible: list[np.ndarray]) -> float:
+        x = self.coords(self.space.decode(t.params))
+        return float(min(np.linalg.norm(x - f) for f in feasible))
+
+    def _feasible(self, study: optuna.Study) -> list[np.ndarray]:
+        return [
+            self.coords(self.space.decode(t.params))
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if not _failed(t) and all(p.key in t.params for p in self.space)
+        ]
 
     def _update(self, study: optuna.Study, opt: CatCMAwM) -> CatCMAwM:
         """Tell every full generation of finished trials that the stored optimizer has not seen."""
@@ -203,7 +221,8 @@ class CatCmaSampler(BaseSampler):
             members = members[: opt.population_size]  # any extra ones wait for the next generation
             told = getattr(opt, TOLD) | {t.number for t in members}
             solutions = []
-            for t, value in zip(members, self._values(members), strict=True):
+            feasible = self._feasible(study) if any(_failed(t) for t in members) else None
+            for t, value in zip(members, self._values(members, feasible), strict=True):
                 sol = self.solution_of(self.space.decode(t.params))
                 raw = t.system_attrs.get(V_ATTR)
                 own_current = not t.system_attrs.get(EXTERNAL_ATTR) and t.system_attrs.get(GEN_ATTR) == opt.generation

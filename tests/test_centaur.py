@@ -250,7 +250,7 @@ def test_prompt_for_14_parameters_at_trial_300_fits_its_budget(tmp_path):
     assert "ran out of memory" in prompt
     table = prompt[prompt.index("## Evaluations") : prompt.index("## CMA-ES advisor")]
     numbers = [int(line.split(" | ")[0]) for line in table.splitlines()[2:] if " | " in line]
-    assert numbers == list(range(280, 300))  # the window starts at a multiple of 20
+    assert numbers == list(range(280, 300))  # the window starts at a multiple of 10
     shared = len(os.path.commonprefix([prompt, next_prompt]))
     assert shared >= prompt.index("## CMA-ES advisor") - 2  # all but the newline before the next section
     print(f"the next turn shares {shared / len(prompt):.0%} of this prompt")
@@ -259,8 +259,9 @@ def test_prompt_for_14_parameters_at_trial_300_fits_its_budget(tmp_path):
 def test_history_window_moves_in_whole_blocks():
     from centaur.methods.centaur_sampler import block_start
 
-    assert [block_start(n, 20) for n in (0, 5, 19, 20, 39, 40, 41, 59, 60)] == [0, 0, 0, 0, 0, 20, 20, 20, 40]
-    assert all(20 <= n - block_start(n, 20) <= 39 for n in range(20, 400))
+    assert [block_start(n, 20) for n in (0, 5, 19, 20, 29, 30, 39, 40, 41, 50)] == [0, 0, 0, 0, 0, 10, 10, 20, 20, 30]
+    assert all(20 <= n - block_start(n, 20) <= 29 for n in range(20, 400))
+    assert len({block_start(n, 20) for n in range(100, 110)}) == 1  # steady for 10 rows at a time
     assert block_start(7, 0) == 0
 
 

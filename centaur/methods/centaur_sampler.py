@@ -175,9 +175,9 @@ class CentaurSampler(LLMSampler):
 
         A local model server reuses its cache for the longest prefix a prompt shares with the previous
         one, so the order decides how many tokens each turn recomputes: the window of evaluations starts
-        at a multiple of `history` trials and only grows until it jumps by a whole block, so a turn
-        usually recomputes just its new rows and the CMA-ES state (about a third of the prompt). Rows
-        are table lines under one header, not JSON objects that repeat every key.
+        at a multiple of `history`/2 trials and only grows until it jumps by a block, so most turns
+        recompute just their new rows and the part below the table. Rows are table lines under one
+        header with 4 significant digits, not JSON objects that repeat every key.
         """
         space, metric = self.space, self.metric
         direction = "lower is better" if history.minimize else "higher is better"
@@ -210,7 +210,8 @@ class CentaurSampler(LLMSampler):
         return "\n".join(static) + "\n" + header + omitted_line(omitted) + table + "\n" + footer
 
     def table_row(self, o: Observation) -> str:
-        values = ", ".join(fmt_number(o.config[n]) for n in self.space.names)
+        values = ", ".join(f"{v:.4g}" if isinstance(v, float) else fmt_number(v)
+                           for v in (o.config[n] for n in self.space.names))
         return f"{o.number} | {values} | {outcome_text(o, self.metric)}"
 
     def _footer(self, history: History) -> str:
@@ -232,9 +233,12 @@ class CentaurSampler(LLMSampler):
 
 
 def block_start(n: int, k: int) -> int:
-    """First row of the history window over `n` rows: a multiple of `k`, leaving between `k` and 2k-1
-    rows once there are `k`, so the window's start moves only once every `k` rows."""
-    return max(0, (n - k) // k * k) if k > 0 else 0
+    """First row of the history window over `n` rows: at least the last `k` rows, starting at a multiple
+    of k/2, so the window holds k to 1.5k rows and its start moves once every k/2 rows."""
+    if k <= 0:
+        return 0
+    block = max(1, k // 2)
+    return max(0, (n - k) // block * block)
 
 
 def _flag(value: Any) -> bool:

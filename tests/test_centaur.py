@@ -248,11 +248,12 @@ def test_prompt_for_14_parameters_at_trial_300_fits_its_budget(tmp_path):
     assert tokens <= settings.prompt_budget
     assert "centre of the search" in prompt and "WINDOW_PATTERN probabilities" in prompt
     assert "ran out of memory" in prompt
-    table = prompt[prompt.index("## Evaluations") : prompt.index("## CMA-ES advisor")]
+    assert prompt.index("## CMA-ES advisor") < prompt.index("## Evaluations") < prompt.index("own proposal")
+    table = prompt[prompt.index("## Evaluations") : prompt.index("## CMA-ES's own proposal")]
     numbers = [int(line.split(" | ")[0]) for line in table.splitlines()[2:] if " | " in line]
     assert numbers == list(range(280, 300))  # the window starts at a multiple of 10
     shared = len(os.path.commonprefix([prompt, next_prompt]))
-    assert shared >= prompt.index("## CMA-ES advisor") - 2  # all but the newline before the next section
+    assert shared >= prompt.index("## CMA-ES's own proposal") - 2  # all but the newline before the tail
     print(f"the next turn shares {shared / len(prompt):.0%} of this prompt")
 
 

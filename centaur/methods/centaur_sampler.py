@@ -174,40 +174,41 @@ class CentaurSampler(LLMSampler):
         """Unchanging parts first, then the history window, then what changes every turn.
 
         A local model server reuses its cache for the longest prefix a prompt shares with the previous
-        one, so the order decides how many tokens each turn recomputes: the window of evaluations starts
-        at a multiple of `history`/2 trials and only grows until it jumps by a block, so most turns
-        recompute just their new rows and the part below the table. Rows are table lines under one
-        header with 4 significant digits, not JSON objects that repeat every key.
+        one, and a small model on a CPU spends most of a turn reading the prompt. So the parts come in
+        the order they change: the task and space never; CMA-ES's distribution once per generation; the
+        table of evaluations gains rows at its end, and its window starts at a multiple of `history`/2
+        trials, so it only grows until it jumps by a block; everything after it changes every turn and
+        is kept short. Most turns recompute only their new rows and the tail. Rows are table lines under
+        one header with 4 significant digits, not JSON objects that repeat every key.
         """
         space, metric = self.space, self.metric
         direction = "lower is better" if history.minimize else "higher is better"
-        static = [f"## Task\n{self.task_description}\n", f"## Search space\n{space_text(space)}\n"
-                  "Integers are rounded, powers of two snap to the nearest power, numbers are clipped to their "
-                  "range.\n"]
-        dynamic = []
+        head = [f"## Task\n{self.task_description}\n", f"## Search space\n{space_text(space)}\n"
+                "Integers are rounded, powers of two snap to the nearest power, numbers are clipped to their "
+                "range.\n"]
         if self.show_state:
             view = self.cma.view(study, handle)
             state = view.text() if view is not None else "- CMA-ES has not completed a generation yet."
-            dynamic.append(
-                "## CMA-ES advisor\nA CMA-ES optimizer runs alongside you; its search distribution now is:\n"
-                f"{state}\n- its own proposal for this trial: {config_text(own, space.names)}\n"
-            )
-        ok = sorted(history.successes, key=history.score)[: self.best_k]
-        if ok:
-            dynamic.append(f"## Best {len(ok)} so far ({metric}, {direction})\n"
-                           + "".join(self.row(o) + "\n" for o in ok))
-        statuses = [o.status for o in history.finished]
-        dynamic.append("## Failures\n" + failure_summary(space, [o.config for o in history.finished], statuses) + "\n")
-        footer = "\n".join(dynamic) + "\n" + self._footer(history)
+            head.append("## CMA-ES advisor\nA CMA-ES optimizer runs alongside you; its search distribution "
+                        f"now is:\n{state}\n")
         header = (f"## Evaluations, oldest first ({metric}, {direction})\n"
                   f"columns: trial | {', '.join(space.names)} | result\n")
-        budget = self.row_budget(SYSTEM_PROMPT, "\n".join(static), header, footer)
+        tail = []
+        if self.show_state:
+            tail.append(f"## CMA-ES's own proposal for this trial\n{config_text(own, space.names)}\n")
+        ok = sorted(history.successes, key=history.score)[: self.best_k]
+        if ok:
+            tail.append(f"## Best {len(ok)} so far (same columns)\n" + "".join(self.table_row(o) + "\n" for o in ok))
+        statuses = [o.status for o in history.finished]
+        tail.append("## Failures\n" + failure_summary(space, [o.config for o in history.finished], statuses) + "\n")
+        footer = "\n".join(tail) + "\n" + self._footer(history)
+        budget = self.row_budget(SYSTEM_PROMPT, "\n".join(head), header, footer)
         window = history.finished[block_start(len(history.finished), self.history_k):]
         rows, omitted = cap_history(window, render=self.table_row, budget_tokens=budget,
                                     counter=self.client.counter, last_k=None, best_k=0)
         omitted += len(history.finished) - len(window)
         table = "".join(self.table_row(o) + "\n" for o in rows) or "None yet.\n"
-        return "\n".join(static) + "\n" + header + omitted_line(omitted) + table + "\n" + footer
+        return "\n".join(head) + "\n" + header + omitted_line(omitted) + table + "\n" + footer
 
     def table_row(self, o: Observation) -> str:
         values = ", ".join(f"{v:.4g}" if isinstance(v, float) else fmt_number(v)

@@ -144,6 +144,34 @@ def test_cli_parallel_interrupt_then_resume_without_duplicates(tmp_path: Path) -
 
 
 @pytest.mark.slow
+def test_sigterm_to_the_bench_alone_stops_its_workers_too(tmp_path: Path) -> None:
+    """`kill PID` (or a scheduler's cancel) reaches only the bench process: its workers must stop as well,
+    after recording their running trials, instead of running on as orphans."""
+    import psutil
+
+    d = tmp_path / "b"
+    env = {**os.environ, "QUAD_SLEEP": "0.3"}
+    proc = subprocess.Popen(_bench_cmd(d), env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"journal:{d / 'bench.journal'}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if (d / "bench.journal").exists() and sum(len(s.get_trials()) for s in _studies(url).values()) >= 3:
+            break
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children
+    os.kill(proc.pid, signal.SIGTERM)  # the bench process only, not its group
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out
+    assert "run the same command again" in " ".join(out.split())
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    for study in _studies(url).values():  # every trial that started was recorded
+        assert all(t.state.is_finished() for t in study.get_trials())
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not TRIALS.is_file(), reason="the reference study's trials file is not here")
 def test_surrogate_grid_in_parallel(tmp_path: Path) -> None:
     res = run_bench(f"surrogate:{TRIALS}", ["random", "tpe"], [0, 1], "2h", bench_dir=tmp_path, jobs=2)

@@ -10,9 +10,13 @@ Two ways to run a study (see docs/bench.md):
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,8 +185,8 @@ def _execute(jobs_list: list[CellJob], n_jobs: int, url: str,
     ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's threads and open connections
     queue = ctx.Queue()
     interrupted = False
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker,
-                             initargs=(queue,)) as pool:
+    with _sigterm_as_interrupt(), ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx,
+                                                      initializer=_init_worker, initargs=(queue,)) as pool:
         futures: dict[Future, CellJob] = {pool.submit(run_cell, job): job for job in jobs_list}
         pending = set(futures)
         while pending:
@@ -227,6 +231,30 @@ _QUEUE: Any = None
 def _init_worker(queue: Any) -> None:
     global _QUEUE
     _QUEUE = queue
+    from centaur.llm.local import die_with_parent
+
+    die_with_parent()  # a bench killed outright (SIGKILL) must not leave its studies running on
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM to the bench (`kill`, a scheduler's cancel) stops it like Ctrl-C: the worker processes
+    get it too, record their running trials and return, and no new study starts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(OSError):
+                os.kill(child.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Updates:

@@ -158,7 +158,7 @@ class LocalServer:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: a terminal's Ctrl-C does not hit it mid-trial
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
 
     def _wait_ready(self) -> None:
@@ -257,7 +257,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: ask Linux to SIGTERM it when its parent dies (even by SIGKILL)."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):

@@ -78,7 +78,10 @@ class CentaurSampler(LLMSampler):
         backend = str(o.get("backend", "cmaes"))
         self.cma: CmaBackend
         if backend == "cmaes":
-            self.cma = OurCmaBackend(catcma_from_options(ctx, o, external_failures=failed_llm))
+            # Start at the script's defaults, the baseline that is known to run: from the centre of the
+            # box (the study's start, `-o start=centre`) the first generations on the autoresearch space
+            # mostly run out of memory, which costs the LLM turns their context.
+            self.cma = OurCmaBackend(catcma_from_options(ctx, {"start": "defaults", **o}, external_failures=failed_llm))
         elif backend == "cmaes-optuna":
             if failed_llm != "penalty":
                 failed_llm = "penalty"  # Optuna's CmaEsSampler reads the told value; documented in docs

@@ -111,18 +111,24 @@ def _bench_cmd(d: Path) -> list[str]:
             "--seeds", "0-2", "--budget", "4s", "--jobs", "2", "--dir", str(d)]
 
 
-@pytest.mark.slow
-def test_cli_parallel_interrupt_then_resume_without_duplicates(tmp_path: Path) -> None:
-    d = tmp_path / "b"
+def _start_bench_under_way(d: Path) -> tuple[subprocess.Popen, str]:
+    """Start the CLI bench of `_bench_cmd` in its own process group; return once 3 trials have started."""
     env = {**os.environ, "QUAD_SLEEP": "0.3"}
     proc = subprocess.Popen(_bench_cmd(d), env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"journal:{d / 'bench.journal'}"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # interrupt once the workers are under way
+    while time.monotonic() < deadline:
         time.sleep(0.5)
         if (d / "bench.journal").exists() and sum(len(s.get_trials()) for s in _studies(url).values()) >= 3:
             break
+    return proc, url
+
+
+@pytest.mark.slow
+def test_cli_parallel_interrupt_then_resume_without_duplicates(tmp_path: Path) -> None:
+    d = tmp_path / "b"
+    proc, url = _start_bench_under_way(d)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1, out
@@ -150,15 +156,7 @@ def test_sigterm_to_the_bench_alone_stops_its_workers_too(tmp_path: Path) -> Non
     import psutil
 
     d = tmp_path / "b"
-    env = {**os.environ, "QUAD_SLEEP": "0.3"}
-    proc = subprocess.Popen(_bench_cmd(d), env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"journal:{d / 'bench.journal'}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        if (d / "bench.journal").exists() and sum(len(s.get_trials()) for s in _studies(url).values()) >= 3:
-            break
+    proc, url = _start_bench_under_way(d)
     children = psutil.Process(proc.pid).children(recursive=True)
     assert children
     os.kill(proc.pid, signal.SIGTERM)  # the bench process only, not its group

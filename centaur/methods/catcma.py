@@ -199,7 +199,7 @@ class CatCmaSampler(BaseSampler):
 
     def coords(self, config: dict[str, Any]) -> np.ndarray:
         """The numeric parameters of `config` on CMA-ES's [0, 1] scale."""
-        return np.array([self.unit(p, config[p.name]) for p in self.floats + self.ints])
+        return np.array([self.unit(p, config[p.name]) for p in self.numeric])
 
     def _distance(self, t: FrozenTrial, feasible: list[np.ndarray]) -> float:
         x = self.coords(self.space.decode(t.params))

@@ -165,6 +165,9 @@ def test_sigterm_to_the_bench_alone_stops_its_workers_too(tmp_path: Path) -> Non
     assert "run the same command again" in " ".join(out.split())
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
+    # 3 studies on 2 workers: the third sat in the executor's call queue, where it cannot be cancelled;
+    # it must not start once the bench is stopped
+    assert len(_studies(url)) == 2
     for study in _studies(url).values():  # every trial that started was recorded
         assert all(t.state.is_finished() for t in study.get_trials())
 

@@ -107,7 +107,11 @@ def test_sigkill_a_worker_mid_trial(tmp_path: Path) -> None:
     retry = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == lost.params
     assert t.number not in {e["trial"] for e in eval_lines(log)}  # the orphaned training run died too
-    assert len({r.user_attrs["owner"]["pid"] for r in trials}) >= 4  # the killed worker was replaced
+    # The killed worker was replaced: 4 workers joined. (Whether the replacement gets a trial before the
+    # budget is spent depends on how fast a process starts on a loaded machine, so that is not asserted.)
+    joined = [ln for f in (tmp_path / "runs" / name / "workers").glob("worker-*.log")
+              for ln in f.read_text().splitlines() if ln.startswith(f"joined {name}")]  # fmt: skip
+    assert len(joined) == 4, joined
     assert_study_sound(study, eval_lines(log), budget_s=14.0, workers=3, ok_cost_s=1.5)
 
 

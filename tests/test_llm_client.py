@@ -289,3 +289,17 @@ def test_missing_gguf_file_is_a_setup_error(tmp_path, monkeypatch):
     monkeypatch.setattr(local, "check_llama_cpp", lambda: None)
     with pytest.raises(local.LLMSetupError, match="GGUF model file not found"):
         local.LocalServer(tmp_path / "nope.gguf").start()
+
+
+def test_a_local_server_that_crashed_says_why(tmp_path):
+    import subprocess
+    import sys
+
+    from centaur.llm.local import LocalServer
+
+    server = LocalServer(log_path=tmp_path / "llm_server.log")
+    assert server.death_note() is None  # never started: nothing to explain
+    server._proc = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"])
+    server._proc.wait(30)
+    note = server.death_note()
+    assert note is not None and "SIGSEGV" in note and "GGML_NATIVE=OFF" in note  # the fix, not just the symptom

@@ -203,3 +203,19 @@ def test_curves_and_average_ranks_on_a_grid() -> None:
     assert seeds == [0, 1]
     np.testing.assert_array_equal(ranks["a"], [1.5, 1.5, 1, 1, 1, 1])  # tied (no success yet), then a leads
     np.testing.assert_array_equal(ranks["b"], [1.5, 1.5, 2, 2, 2, 2])
+
+
+def test_cli_merges_several_benches_and_refuses_a_study_given_twice(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from centaur.cli import app
+
+    a, b = f"journal:{tmp_path / 'a.journal'}", f"journal:{tmp_path / 'b.journal'}"
+    _write_studies(a, {"alpha": DATA["alpha"]})
+    _write_studies(b, {m: s for m, s in DATA.items() if m != "alpha"})
+    out = CliRunner().invoke(app, ["report", a, b, "-o", str(tmp_path / "out")])
+    assert out.exit_code == 0, out.output
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert all(_row(md, m)["seeds"] == "3" for m in DATA)  # every method of both benches, in one table
+    twice = CliRunner().invoke(app, ["report", a, a, "-o", str(tmp_path / "out2")])
+    assert twice.exit_code == 2 and "in two targets" in twice.output

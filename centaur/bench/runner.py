@@ -184,9 +184,10 @@ def _execute(jobs_list: list[CellJob], n_jobs: int, url: str,
 
     ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's threads and open connections
     queue = ctx.Queue()
+    stop = ctx.Event()
     interrupted = False
-    with _sigterm_as_interrupt(), ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx,
-                                                      initializer=_init_worker, initargs=(queue,)) as pool:
+    with _sigterm_as_interrupt(stop), ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker,
+                                                          initargs=(queue, stop)) as pool:
         futures: dict[Future, CellJob] = {pool.submit(run_cell, job): job for job in jobs_list}
         pending = set(futures)
         while pending:
@@ -205,7 +206,10 @@ def _execute(jobs_list: list[CellJob], n_jobs: int, url: str,
                     finish(outcome)
                     interrupted = interrupted or not outcome.complete
             except KeyboardInterrupt:
-                # Workers got the signal too: each records its running trial and returns; start no new study.
+                # Workers got the signal too: each records its running trial and returns. No new study
+                # starts: queued ones are cancelled, and the few the executor already handed to its call
+                # queue (it cannot cancel those) see `stop` and return at once.
+                stop.set()
                 interrupted = True
                 for fut in pending:
                     fut.cancel()
@@ -226,18 +230,19 @@ def _drain(queue: Any, report: Callable[..., None] | None) -> None:
 
 
 _QUEUE: Any = None
+_STOP: Any = None  # multiprocessing.Event: the bench was stopped, start no study
 
 
-def _init_worker(queue: Any) -> None:
-    global _QUEUE
-    _QUEUE = queue
+def _init_worker(queue: Any, stop: Any) -> None:
+    global _QUEUE, _STOP
+    _QUEUE, _STOP = queue, stop
     from centaur.llm.local import die_with_parent
 
     die_with_parent()  # a bench killed outright (SIGKILL) must not leave its studies running on
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def _sigterm_as_interrupt(stop: Any) -> Iterator[None]:
     """SIGTERM to the bench (`kill`, a scheduler's cancel) stops it like Ctrl-C: the worker processes
     get it too, record their running trials and return, and no new study starts."""
     if threading.current_thread() is not threading.main_thread():
@@ -245,6 +250,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def handler(signum: int, frame: Any) -> None:
+        stop.set()  # before the workers see the signal: none of them may pick up a new study
         for child in multiprocessing.active_children():
             with contextlib.suppress(OSError):
                 os.kill(child.pid, signal.SIGTERM)  # type: ignore[arg-type]
@@ -287,6 +293,8 @@ def run_cell(job: CellJob, report: Callable[..., None] | None = None) -> CellOut
     """Run one study to its budget (in a worker process, or inline)."""
     from centaur.api import tune
 
+    if _STOP is not None and _STOP.is_set():
+        return CellOutcome(job.cell, job.study_name, "not started (the bench was stopped)", False, 0.0, 0, None)
     if report is None and _QUEUE is not None:
         queue = _QUEUE
         report = lambda *msg: queue.put(msg)  # noqa: E731

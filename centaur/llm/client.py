@@ -418,7 +418,9 @@ class LLMClient:
     def _server_hint(self) -> str:
         if self._server is None:
             return ""
-        return f"\nlocal server log ({self._server.log_path}):\n{self._server.log_tail()}"
+        death = self._server.death_note()
+        death = f"\n{death}" if death else ""
+        return f"{death}\nlocal server log ({self._server.log_path}):\n{self._server.log_tail()}"
 
     def ask_json(
         self,

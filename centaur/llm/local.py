@@ -183,6 +183,28 @@ class LocalServer:
             f"(llm.server_start_timeout_s); log {self.log_path}:\n{self.log_tail()}"
         )
 
+    def death_note(self) -> str | None:
+        """Why the server is gone, if it died on its own: its exit code or signal, with the usual cause."""
+        proc = self._proc
+        if proc is None or proc.poll() is None:
+            return None
+        code = proc.returncode
+        if code >= 0:
+            return f"the local LLM server exited with code {code}"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        note = f"the local LLM server was killed by {name}"
+        if -code in (signal.SIGSEGV, signal.SIGILL):
+            note += (
+                ": usually llama.cpp compiled for CPU features this machine cannot run (AMX or AVX-512 under a "
+                "hypervisor or sandbox that does not enable them, or a wheel built on another CPU). Reinstall it "
+                "portable: scripts/setup does, or CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --no-cache-dir "
+                "--force-reinstall llama-cpp-python==0.3.36"
+            )
+        return note
+
     def log_tail(self, lines: int = 30) -> str:
         if self.log_path is None or not self.log_path.exists():
             return "(no log)"

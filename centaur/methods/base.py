@@ -73,6 +73,13 @@ def _load_builtin_methods() -> None:
                 raise
 
 
+def option_flag(value: Any) -> bool:
+    """A boolean method option given as a bool or as text ("false", "off", "0", "no" are false)."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off")
+    return bool(value)
+
+
 def trial_seed(seed: int, number: int, salt: str = "") -> int:
     """A per-trial seed: the same (seed, trial number) always gives the same stream, so a resumed
     study does not replay the sequence it already ran."""

@@ -22,7 +22,16 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from centaur.methods.base import STATUS_ATTR, MethodContext, MethodError, register, seeded_random_value, trial_seed
+from centaur.methods.base import (
+    STATUS_ATTR,
+    MethodContext,
+    MethodError,
+    option_flag,
+    register,
+    seeded_random_value,
+    trial_seed,
+)
+from centaur.methods.feasibility import THRESHOLD, FailureModel
 from centaur.space import Param, SearchSpace
 
 STATE_ATTR = "catcma:state"
@@ -32,13 +41,15 @@ EXTERNAL_ATTR = "catcma:external"  # set on points proposed by someone else (Cen
 TOLD = "_centaur_told"  # attribute of the pickled optimizer: numbers of the trials it was told
 DEFAULT_SIGMA0 = 1 / 6
 FAILURE_POLICIES = ("worst", "skip", "penalty")
+RESAMPLES = 20  # draws per trial at most when avoiding predicted out-of-memory points
 
 
 class CatCmaSampler(BaseSampler):
     """CMA-ES over the whole space. Failures rank behind every success of their generation.
     `external_failures` says how a failed external point (an LLM's) is told: "worst" like CMA-ES's own
     failures (behind the worst success: it cannot pull the mean), "skip" not at all, "penalty" with the
-    study's penalty value (as the reference did)."""
+    study's penalty value (as the reference did). With `avoid_oom`, a draw that a classifier fitted on
+    the study's trials predicts to run out of memory is drawn again (feasibility.py)."""
 
     def __init__(
         self,
@@ -48,6 +59,7 @@ class CatCmaSampler(BaseSampler):
         sigma0: float | None = None,
         start: str = "centre",
         external_failures: str = "worst",
+        avoid_oom: bool = True,
     ) -> None:
         if start not in ("centre", "defaults"):
             raise MethodError(f"cmaes: start must be 'centre' or 'defaults', not {start!r}")
@@ -58,6 +70,7 @@ class CatCmaSampler(BaseSampler):
         self.space, self.seed, self.popsize = space, seed, popsize
         self.sigma0 = float(sigma0) if sigma0 is not None else DEFAULT_SIGMA0
         self.start, self.external_failures = start, external_failures
+        self.failure_model = FailureModel(self.features) if avoid_oom else None
         self.name = "cmaes"
         self.floats = [p for p in space if p.kind == "float"]
         self.ints = [p for p in space if p.kind in ("int", "pow2")]
@@ -157,18 +170,24 @@ class CatCmaSampler(BaseSampler):
     def _save(self, study: optuna.Study, opt: CatCMAwM) -> None:
         study._storage.set_study_system_attr(study._study_id, STATE_ATTR, pickle.dumps(opt).hex())
 
-    def state(self, study: optuna.Study) -> CatCMAwM:
-        """The optimizer, updated with every complete generation of finished trials."""
-        return self._update(study, self._load(study))
+    def state(self, study: optuna.Study, completed: list[FrozenTrial] | None = None) -> CatCMAwM:
+        """The optimizer, updated with every complete generation of finished trials (`completed`: the
+        study's finished trials, when the caller has read them already)."""
+        return self._update(study, self._load(study), completed)
 
-    def _members(self, study: optuna.Study, opt: CatCMAwM) -> list[FrozenTrial]:
+    @staticmethod
+    def _completed(study: optuna.Study) -> list[FrozenTrial]:
+        return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+    def _members(self, study: optuna.Study, opt: CatCMAwM,
+                 completed: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
         """Finished trials not yet told, asked at this generation or earlier: a result that came in after
         its own generation was updated (parallel workers, out of order) joins the next one, as an
         injected point, instead of being dropped."""
         told = getattr(opt, TOLD)
         members = [
             t
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            for t in (completed if completed is not None else self._completed(study))
             if t.system_attrs.get(GEN_ATTR, opt.generation + 1) <= opt.generation
             and t.number not in told
             and t.value is not None
@@ -201,27 +220,34 @@ class CatCmaSampler(BaseSampler):
         """The numeric parameters of `config` on CMA-ES's [0, 1] scale."""
         return np.array([self.unit(p, config[p.name]) for p in self.numeric])
 
+    def features(self, config: dict[str, Any]) -> np.ndarray:
+        """`coords` plus the categoricals one-hot: what the failure model sees."""
+        onehot = [float(config[p.name] == c) for p in self.cats for c in p.choices]
+        return np.concatenate([self.coords(config), onehot])
+
     def _distance(self, t: FrozenTrial, feasible: list[np.ndarray]) -> float:
         x = self.coords(self.space.decode(t.params))
         return float(min(np.linalg.norm(x - f) for f in feasible))
 
-    def _feasible(self, study: optuna.Study) -> list[np.ndarray]:
+    def _feasible(self, completed: list[FrozenTrial]) -> list[np.ndarray]:
         return [
             self.coords(self.space.decode(t.params))
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            for t in completed
             if not _failed(t) and all(p.key in t.params for p in self.space)
         ]
 
-    def _update(self, study: optuna.Study, opt: CatCMAwM) -> CatCMAwM:
+    def _update(self, study: optuna.Study, opt: CatCMAwM, completed: list[FrozenTrial] | None = None) -> CatCMAwM:
         """Tell every full generation of finished trials that the stored optimizer has not seen."""
+        if completed is None:
+            completed = self._completed(study)  # read once for every generation told here
         while True:
-            members = self._members(study, opt)
+            members = self._members(study, opt, completed)
             if len(members) < opt.population_size:
                 return opt
             members = members[: opt.population_size]  # any extra ones wait for the next generation
             told = getattr(opt, TOLD) | {t.number for t in members}
             solutions = []
-            feasible = self._feasible(study) if any(_failed(t) for t in members) else None
+            feasible = self._feasible(completed) if any(_failed(t) for t in members) else None
             for t, value in zip(members, self._values(members, feasible), strict=True):
                 sol = self.solution_of(self.space.decode(t.params))
                 raw = t.system_attrs.get(V_ATTR)
@@ -245,11 +271,32 @@ class CatCmaSampler(BaseSampler):
     def propose(self, study: optuna.Study, trial: FrozenTrial) -> tuple[dict[str, Any], CatCMAwM.Solution, CatCMAwM]:
         """Tag the trial with the current generation and draw CMA-ES's own sample for it (seeded by
         the trial number, so a resume does not replay earlier draws)."""
-        opt = self.state(study)
+        completed = self._completed(study)  # one read serves the update and the failure model
+        opt = self.state(study, completed)
         study._storage.set_trial_system_attr(trial._trial_id, GEN_ATTR, opt.generation)
         opt._rng = np.random.RandomState(trial_seed(self.seed, trial.number, "catcma") % (2**32 - 1))
         sol = opt.ask()
+        # Only predicted OOMs are drawn again. Redrawing the configurations the space's constraints forbid
+        # too was measured worse on the surrogate (10 seeds: 0.9798 +- 0.0029 against 0.9775 +- 0.0016):
+        # rejected points teach CMA-ES nothing, while told as failures they move it off the boundary.
+        model = self.fit_failure_model(completed) if self.failure_model is not None else None
+        if model is not None and model.ready:
+            sol = self._feasible_draw(opt, sol, model)
         return self.decode(sol), sol, opt
+
+    def fit_failure_model(self, completed: list[FrozenTrial]) -> FailureModel:
+        assert self.failure_model is not None
+        trials = [t for t in completed if all(p.key in t.params for p in self.space)]
+        return self.failure_model.fit([self.space.decode(t.params) for t in trials],
+                                      [t.user_attrs.get(STATUS_ATTR, "ok") for t in trials])
+
+    def _feasible_draw(self, opt: CatCMAwM, first: CatCMAwM.Solution, model: FailureModel) -> CatCMAwM.Solution:
+        """The first of up to RESAMPLES draws that is not predicted to run out of memory (rejection
+        sampling from CMA-ES's own distribution), or the least likely to fail if none is."""
+        draws = [first] + [opt.ask() for _ in range(RESAMPLES - 1)]
+        p = model.p_oom([self.decode(d) for d in draws])
+        ok = np.flatnonzero(p < THRESHOLD)
+        return draws[int(ok[0]) if ok.size else int(np.argmin(p))]
 
     @staticmethod
     def mark_own(study: optuna.Study, trial: FrozenTrial, sol: CatCMAwM.Solution) -> None:
@@ -289,7 +336,7 @@ def _failed(t: FrozenTrial) -> bool:
     return t.user_attrs.get(STATUS_ATTR, "ok") != "ok"
 
 
-CMAES_OPTIONS = {"popsize", "sigma0", "start"}
+CMAES_OPTIONS = {"popsize", "sigma0", "start", "avoid_oom"}
 
 
 def catcma_from_options(ctx: MethodContext, options: dict[str, Any], external_failures: str = "worst") -> CatCmaSampler:
@@ -300,6 +347,7 @@ def catcma_from_options(ctx: MethodContext, options: dict[str, Any], external_fa
         sigma0=options.get("sigma0"),
         start=str(options.get("start", "centre")),
         external_failures=external_failures,
+        avoid_oom=option_flag(options.get("avoid_oom", True)),
     )
 
 

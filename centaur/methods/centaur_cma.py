@@ -27,6 +27,7 @@ class CmaBackend(Protocol):
     def view(self, study: optuna.Study, handle: Any) -> CmaView | None: ...
     def perturb(self, config: dict[str, Any], handle: Any,
                 rejected: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None: ...
+    def predicted_oom(self, config: dict[str, Any]) -> float | None: ...
 
 
 def _offset_perturb(cma: CatCmaSampler, config: dict[str, Any], mean: np.ndarray, draws: list[np.ndarray],
@@ -101,6 +102,11 @@ class OurCmaBackend:
             opt._rng = saved
         return _offset_perturb(self.cma, config, np.array(opt._mean), draws, rejected)
 
+    def predicted_oom(self, config: dict[str, Any]) -> float | None:
+        """P(OOM) of `config` if the failure model (fitted at this trial's proposal) predicts it fails."""
+        model = self.cma.failure_model
+        return model.predicted_oom(config) if model is not None else None
+
 
 class OptunaCmaBackend:
     """Optuna's CmaEsSampler with the study's settings (categoricals drawn at random). It reads each
@@ -141,3 +147,6 @@ class OptunaCmaBackend:
         mean = np.zeros(len(self.helper.numeric))
         draws = [rng.normal(0.0, 1 / 6, len(mean)) for _ in range(5)]
         return _offset_perturb(self.helper, config, mean, draws, rejected)
+
+    def predicted_oom(self, config: dict[str, Any]) -> float | None:
+        return None  # the reference's backend, for ablations: no failure model

@@ -6,7 +6,8 @@ shown (decoded from the unit box), the schedule's share is exact, the LLM's conf
 what runs and what CMA-ES is told (through the study, on any storage), missing keys come from CMA-ES's
 own proposal, a proposal repeating an evaluated configuration is asked again once and then perturbed
 within CMA-ES's distribution, a failed LLM point is told with a rank that cannot drag the search into
-the failing region, and an unusable answer falls back to CMA-ES's own proposal, marked.
+the failing region, and an unusable answer falls back to CMA-ES's own proposal, marked. A proposal
+that the study's own trials predict to run out of memory is vetoed the same way (feasibility.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from centaur.llm import (
     config_schema,
     validate_proposal,
 )
-from centaur.methods.base import SOURCE_ATTR, MethodContext, MethodError, register, set_trial_attr
+from centaur.methods.base import SOURCE_ATTR, MethodContext, MethodError, option_flag, register, set_trial_attr
 from centaur.methods.catcma import CMAES_OPTIONS, FAILURE_POLICIES, catcma_from_options
 from centaur.methods.centaur_cma import CmaBackend, OptunaCmaBackend, OurCmaBackend
 from centaur.methods.centaur_schedule import LLMSchedule
@@ -37,7 +38,6 @@ from centaur.methods.llm_common import (
     LLMSampler,
     Observation,
     Outcome,
-    config_text,
     fmt_number,
     llm_seed,
     omitted_line,
@@ -65,7 +65,7 @@ class CentaurSampler(LLMSampler):
         if isinstance(trials, str):
             trials = [int(t) for t in trials.replace(",", " ").split()]
         self.schedule = LLMSchedule(float(o.get("llm_ratio", 0.3)), int(o.get("llm_warmup", 10)), trials)
-        self.show_state = _flag(o.get("cma_state", True))
+        self.show_state = option_flag(o.get("cma_state", True))
         self.duplicates = str(o.get("duplicates", "reask"))
         if self.duplicates not in DUPLICATE_POLICIES:
             raise MethodError(f"centaur: duplicates must be one of {DUPLICATE_POLICIES}, not {self.duplicates!r}")
@@ -113,10 +113,11 @@ class CentaurSampler(LLMSampler):
         outcome, error, tracker, propose_s = self.ask_llm(
             trial, lambda: self.propose_llm(study, trial, history, own, handle)
         )
-        if outcome is not None:
-            self.cma.accept_external(study, trial)
-        else:
+        if outcome is None:
             outcome = Outcome(config=own, source="llm-error" if self.llm_failure_is_fatal() else "llm-fallback:cmaes")
+        if outcome.source == "llm":
+            self.cma.accept_external(study, trial)
+        else:  # a fallback or a veto: CMA-ES's own proposal runs and is told as its own
             self.cma.accept_own(study, trial, handle)
         self._record(study, trial, outcome, tracker, error, propose_s)
         if outcome.source == "llm-error":
@@ -171,6 +172,14 @@ class CentaurSampler(LLMSampler):
                 config = perturbed
             else:
                 detail["duplicate_of"] = twin
+        p_oom = self.cma.predicted_oom(config)
+        if p_oom is not None:
+            # The study's own trials say this point runs out of memory: running it would spend the
+            # start-up cost to learn what is already known. CMA-ES's proposal (drawn clear of it) runs.
+            detail["vetoed"], detail["p_oom"] = config, round(p_oom, 3)
+            return Outcome(config=own, source="llm-fallback:predicted-oom", raw=answer.raw,
+                           repairs=[*repairs, f"predicted OOM (p={p_oom:.2f}): CMA-ES's proposal runs"],
+                           detail=detail)
         return Outcome(config=config, raw=answer.raw, repairs=repairs, detail=detail)
 
     def prompt(self, study: optuna.Study, history: History, own: dict[str, Any], handle: Any) -> str:
@@ -188,7 +197,7 @@ class CentaurSampler(LLMSampler):
         direction = "lower is better" if history.minimize else "higher is better"
         head = [f"## Task\n{self.task_description}\n", f"## Search space\n{space_text(space)}\n"
                 "Integers are rounded, powers of two snap to the nearest power, numbers are clipped to their "
-                "range.\n"]
+                "range.\n", self._guidance() + "\n"]
         if self.show_state:
             view = self.cma.view(study, handle)
             state = view.text() if view is not None else "- CMA-ES has not completed a generation yet."
@@ -198,7 +207,7 @@ class CentaurSampler(LLMSampler):
                   f"columns: trial | {', '.join(space.names)} | result\n")
         tail = []
         if self.show_state:
-            tail.append(f"## CMA-ES's own proposal for this trial\n{config_text(own, space.names)}\n")
+            tail.append(f"## CMA-ES's own proposal for this trial (same columns)\n{self.table_values(own)}\n")
         ok = sorted(history.successes, key=history.score)[: self.best_k]
         if ok:
             tail.append(f"## Best {len(ok)} so far (same columns)\n" + "".join(self.table_row(o) + "\n" for o in ok))
@@ -213,18 +222,18 @@ class CentaurSampler(LLMSampler):
         table = "".join(self.table_row(o) + "\n" for o in rows) or "None yet.\n"
         return "\n".join(head) + "\n" + header + omitted_line(omitted) + table + "\n" + footer
 
-    def table_row(self, o: Observation) -> str:
-        values = ", ".join(f"{v:.4g}" if isinstance(v, float) else fmt_number(v)
-                           for v in (o.config[n] for n in self.space.names))
-        return f"{o.number} | {values} | {outcome_text(o, self.metric)}"
+    def table_values(self, config: dict[str, Any]) -> str:
+        return ", ".join(f"{v:.4g}" if isinstance(v, float) else fmt_number(v)
+                         for v in (config[n] for n in self.space.names))
 
-    def _footer(self, history: History) -> str:
-        parts = []
-        running = self.running_text(history)
-        if running:
-            parts.append(running)
-        guidance = (
-            "## What to do\nPropose the next configuration to evaluate. "
+    def table_row(self, o: Observation) -> str:
+        return f"{o.number} | {self.table_values(o.config)} | {outcome_text(o, self.metric)}"
+
+    def _guidance(self) -> str:
+        """What to do: the same on every turn, so it sits in the cached head, not in the tail."""
+        return (
+            "## What to do\nYou will see CMA-ES's state, the evaluations so far, and CMA-ES's own proposal; then "
+            "propose the next configuration to evaluate. "
             + ("If CMA-ES's spreads are small, it has found a promising region: refine near its centre. If they "
                "are large, use your knowledge of training dynamics to pick a better point. " if self.show_state
                else "")
@@ -232,8 +241,11 @@ class CentaurSampler(LLMSampler):
             f"Use exactly these keys: {', '.join(self.space.names)}. "
             "Reply with only a JSON object mapping each key to its value."
         )
-        parts.append(guidance)
-        return "\n".join(parts)
+
+    def _footer(self, history: History) -> str:
+        running = self.running_text(history)
+        ask = "Now reply with the JSON object of the next configuration."
+        return f"{running}\n{ask}" if running else ask
 
 
 def block_start(n: int, k: int) -> int:
@@ -243,12 +255,6 @@ def block_start(n: int, k: int) -> int:
         return 0
     block = max(1, k // 2)
     return max(0, (n - k) // block * block)
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() not in ("0", "false", "no", "off")
-    return bool(value)
 
 
 @register("centaur", "CMA-ES (ours) whose state is shown to an LLM that proposes a share of the trials")

@@ -34,10 +34,7 @@ def failure_summary(
     head = f"{n_kind} of {n} finished trials {label}."
     if n < min_trials or n_kind == n:  # with few trials a tree finds spurious rules
         return head
-    try:
-        from sklearn.tree import DecisionTreeClassifier
-    except ImportError:  # the summary is an aid: without scikit-learn the count alone is shown
-        return head
+    from sklearn.tree import DecisionTreeClassifier
     names = space.names
     X = np.array([[_number(space, name, c[name]) for name in names] for c in configs], dtype=float)
     y = np.array([s == kind for s in statuses])

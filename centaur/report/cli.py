@@ -13,7 +13,9 @@ err = Console(stderr=True)
 
 
 def report(
-    target: Annotated[str | None, typer.Argument(help="bench or run directory, SQLite file or storage URL")] = None,
+    targets: Annotated[list[str] | None, typer.Argument(
+        metavar="TARGET...", help="bench or run directories, SQLite files or storage URLs (their studies are merged)")
+    ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="directory to write report.md/.html and PNGs")
                       ] = Path("report"),
     from_trials: Annotated[Path | None, typer.Option("--from-trials", help="build the report from the reference "
@@ -28,14 +30,21 @@ def report(
     from centaur.units import parse_duration
 
     try:
-        if (target is None) == (from_trials is None):
+        if bool(targets) == (from_trials is not None):
             raise ReportInputError("give either a storage/directory or --from-trials FILE")
         if from_trials is not None:
             runs = runs_from_trials_file(from_trials, parse_duration(budget))
             source, default_title = str(from_trials), "Reference study: trials file"
         else:
-            runs = runs_from_storage(target)
-            source, default_title = str(target), "Study report"
+            runs = [run for target in targets or [] for run in runs_from_storage(target)]
+            seen: dict[tuple[str, str, int], str] = {}
+            for run in runs:
+                key = (run.task, run.method, run.seed)
+                if key in seen:
+                    raise ReportInputError(f"{run.method} seed {run.seed} on {run.task} is in two targets "
+                                           f"(studies {seen[key]!r} and {run.name!r}); give each study once")
+                seen[key] = run.name
+            source, default_title = ", ".join(targets or []), "Study report"
         rep = build_report(runs, output, title=title or default_title, source=source)
     except USER_ERRORS as e:
         err.print(f"[bold red]error:[/] {e}")

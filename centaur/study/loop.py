@@ -19,8 +19,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, STATUS_ATTR
+from centaur.space import SearchSpace
 from centaur.study.durable import PendingResult, ResultJournal, StorageUnavailable, with_retries, write_result
 from centaur.study.lost import HEARTBEAT_S, close_lost_trials, close_trial_as_lost, owner_tag
+from centaur.study.param_batch import suggest_all
 from centaur.study.records import (
     ALIVE_ATTR,
     COST_ATTR,
@@ -246,13 +248,18 @@ def run_worker(
     return TuneResult(study, summary, reason)
 
 
+def _propose(space: SearchSpace, trial: optuna.Trial) -> dict[str, Any]:
+    suggest_all(trial, space.distributions())  # one write for all parameters on an RDB storage
+    return space.suggest(trial)
+
+
 def _start_trial(task: Task, study: optuna.Study) -> tuple[optuna.Trial, dict[str, Any]] | None:
     t0 = time.perf_counter()
     trial = with_retries(study.ask, "asking for a trial")
     try:
         # Samplers read and write the storage while proposing: a dropped connection is retried
         # (a repeated suggest returns the parameters already set).
-        config = with_retries(lambda: task.space.suggest(trial), f"proposing trial {trial.number}")
+        config = with_retries(lambda: _propose(task.space, trial), f"proposing trial {trial.number}")
     except BaseException as e:
         # The method could not propose (LLM endpoint gone and no fallback, a sampler bug, storage gone):
         # close the trial at once instead of leaving it RUNNING for other workers to time out.

@@ -84,6 +84,11 @@ def test_settings_precedence():
     assert "***" == resolve_settings({"api_key": "sk-1"}, env={}).to_dict()["api_key"]
     with pytest.raises(LLMSettingsError, match="unknown"):
         resolve_settings(config={"temprature": 1}, env={})
+    # No timeout set: 120 s for an endpoint, longer for the bundled CPU server; a setting wins over both.
+    unset = resolve_settings(env={})
+    assert (unset.request_timeout_s(local=False), unset.request_timeout_s(local=True)) == (120.0, 900.0)
+    assert LLMClient(unset).timeout_s == 900.0 and LLMClient(resolve_settings(env=env)).timeout_s == 120.0
+    assert s.request_timeout_s(local=True) == 120.0
     with pytest.raises(LLMSettingsError, match="context_tokens"):
         resolve_settings({"context_tokens": 100, "max_tokens": 200}, env={})
 

@@ -185,6 +185,10 @@ class LLMClient:
     def format_mode(self) -> str:
         return self._format_mode
 
+    @property
+    def timeout_s(self) -> float:
+        return self.settings.request_timeout_s(local=self.settings.base_url is None)
+
     def _connect(self) -> openai.OpenAI:
         with self._lock:
             if self._server is not None and not self._server.running:
@@ -209,7 +213,7 @@ class LLMClient:
             self._sdk = openai.OpenAI(
                 base_url=base_url,
                 api_key=self.settings.api_key or "not-needed",
-                timeout=self.settings.timeout_s,
+                timeout=self.timeout_s,
                 max_retries=self.settings.max_retries,
             )
             if self._model is None:
@@ -371,7 +375,7 @@ class LLMClient:
             call.error = f"timeout after {self.settings.max_retries + 1} attempts"
             self._record(call)
             raise LLMUnavailable(
-                f"{purpose}: {self.base_url} gave no answer within {self.settings.timeout_s:g}s "
+                f"{purpose}: {self.base_url} gave no answer within {self.timeout_s:g}s "
                 f"({self.settings.max_retries + 1} attempts); raise llm.timeout_s or check the server"
             ) from e
         except openai.APIConnectionError as e:

@@ -18,6 +18,10 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
+REMOTE_TIMEOUT_S = 120.0
+LOCAL_TIMEOUT_S = 900.0  # a 135M model on one busy CPU thread reads ~20 prompt tokens/s at worst
+
+
 class LLMSettingsError(ValueError):
     """An [llm] setting is malformed; the message names the key."""
 
@@ -35,7 +39,7 @@ class LLMSettings:
     api_key: str | None = None  # None: a placeholder (local servers ignore it)
     temperature: float = 0.7  # default; LLAMBO uses its own per-call temperatures
     max_tokens: int = 512  # per completion; raise it for reasoning ("thinking") models
-    timeout_s: float = 120.0  # per HTTP request
+    timeout_s: float | None = None  # per HTTP request; None: REMOTE_TIMEOUT_S, LOCAL_TIMEOUT_S for the bundled server
     max_retries: int = 2  # transport retries done by the openai SDK (with its exponential backoff)
     context_tokens: int = 8192  # the model's context window; prompts are capped to context - max_tokens
     gguf: str | None = None  # model file for the local server
@@ -43,6 +47,14 @@ class LLMSettings:
     json_schema: bool = True  # ask for constrained JSON decoding (response_format) when the server has it
     server_start_timeout_s: float = 180.0  # local server: how long to wait for /v1/models
     extra_body: dict[str, Any] = field(default_factory=dict)  # e.g. {"chat_template_kwargs": {...}} for vLLM
+
+    def request_timeout_s(self, local: bool) -> float:
+        """The per-request timeout: the setting, else a default for where the model runs. The bundled
+        server is one CPU slot that keeps computing a request its client gave up on, so a retry after
+        a short timeout only queues the same work twice."""
+        if self.timeout_s is not None:
+            return self.timeout_s
+        return LOCAL_TIMEOUT_S if local else REMOTE_TIMEOUT_S
 
     @property
     def prompt_budget(self) -> int:

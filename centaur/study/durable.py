@@ -23,6 +23,7 @@ from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.trial import TrialState
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
+from centaur.study.attr_batch import set_trial_attrs
 from centaur.study.records import FEASIBLE_CONSTRAINT
 
 log = logging.getLogger(__name__)
@@ -168,16 +169,17 @@ def write_result(study: optuna.Study, r: PendingResult) -> None:
                     t.user_attrs.get("status", t.state.name),
                 )
             return
+        key = f"{_CONSTRAINTS_KEY}:{FEASIBLE_CONSTRAINT}"
         try:
-            for key, value in r.user_attrs.items():
-                if t.user_attrs.get(key) != value:
-                    storage.set_trial_user_attr(r.trial_id, key, value)
+            set_trial_attrs(
+                storage, r.trial_id,
+                user_attrs={k: v for k, v in r.user_attrs.items() if t.user_attrs.get(k) != v},
+                system_attrs={key: float(r.constraint)} if r.constraint is not None and key not in t.system_attrs
+                else None,
+            )  # fmt: skip
         except optuna.exceptions.UpdateFinishedTrialError:
             log.warning("trial %d was finished by another worker while its result was written", r.number)
             return
-        key = f"{_CONSTRAINTS_KEY}:{FEASIBLE_CONSTRAINT}"
-        if r.constraint is not None and key not in t.system_attrs:
-            storage.set_trial_system_attr(r.trial_id, key, float(r.constraint))
         # skip_if_finished: finished meanwhile by another worker that also held it (see the log above).
         if r.state == "FAIL":
             study.tell(r.number, state=TrialState.FAIL, skip_if_finished=True)

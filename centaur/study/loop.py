@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, STATUS_ATTR
 from centaur.space import SearchSpace
+from centaur.study.attr_batch import set_user_attrs
 from centaur.study.durable import PendingResult, ResultJournal, StorageUnavailable, with_retries, write_result
 from centaur.study.lost import HEARTBEAT_S, close_lost_trials, close_trial_as_lost, owner_tag
 from centaur.study.param_batch import suggest_all
@@ -275,8 +276,7 @@ def _start_trial(task: Task, study: optuna.Study) -> tuple[optuna.Trial, dict[st
         # or by a sampler that records its own (LLM methods write it straight to the storage).
         if SOURCE_ATTR not in trial.user_attrs and not getattr(study.sampler, "records_source", False):
             attrs[SOURCE_ATTR] = getattr(study.sampler, "name", type(study.sampler).__name__)
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        set_user_attrs(trial, attrs)
 
     with_retries(mark, f"starting trial {trial.number}")
     return trial, config

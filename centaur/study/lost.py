@@ -7,12 +7,14 @@ import logging
 import os
 import socket
 import time
+from typing import Any
 
 import optuna
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
 from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, STATUS_ATTR
+from centaur.study.attr_batch import set_trial_attrs
 from centaur.study.records import ALIVE_ATTR, COST_ATTR, OWNER_ATTR, STARTED_ATTR, WALL_ATTR
 
 log = logging.getLogger(__name__)
@@ -57,11 +59,10 @@ def close_trial_as_lost(study: optuna.Study, t: FrozenTrial, spent: float, error
     one retry (not when it was itself a retry). False when another worker closed it first."""
     storage = study._storage
     try:
-        storage.set_trial_user_attr(t._trial_id, STATUS_ATTR, "lost")
-        storage.set_trial_user_attr(t._trial_id, COST_ATTR, spent)
-        storage.set_trial_user_attr(t._trial_id, WALL_ATTR, spent)
+        attrs: dict[str, Any] = {STATUS_ATTR: "lost", COST_ATTR: spent, WALL_ATTR: spent}
         if error:
-            storage.set_trial_user_attr(t._trial_id, "error", error[:500])
+            attrs["error"] = error[:500]
+        set_trial_attrs(storage, t._trial_id, user_attrs=attrs)
         # The state change is the claim: exactly one worker succeeds, and only it enqueues the retry.
         if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
             return False

@@ -192,6 +192,8 @@ def run_local_workers(
         env = dict(os.environ)
         if server is not None:
             env["CENTAUR_LLM_BASE_URL"] = server.base_url
+            # The workers see a URL, but it is the bundled server: keep its longer request timeout.
+            env["CENTAUR_LLM_TIMEOUT_S"] = str(sampler.client.settings.request_timeout_s(local=True))
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[k % len(gpus)]
         share = None if n_trials is None else n_trials // workers + (1 if k < n_trials % workers else 0)

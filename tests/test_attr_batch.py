@@ -3,6 +3,7 @@ readable back, keys overwritten, and a finished trial refused."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import optuna
@@ -28,7 +29,7 @@ def _storage(kind: str, tmp_path: Path) -> optuna.storages.BaseStorage:
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql", "journal"])
 def test_attributes_written_together_read_back_as_optuna_writes_them(tmp_path: Path, kind: str) -> None:
     storage = _storage(kind, tmp_path)
-    study = optuna.create_study(storage=storage, study_name=f"attrs-{tmp_path.name}")
+    study = optuna.create_study(storage=storage, study_name=f"attrs-{uuid.uuid4().hex[:8]}")
     trial = study.ask()
     trial.set_user_attr("status", "running")
     set_user_attrs(trial, {"status": "ok", "cost_s": 1.5, "metrics": {"val_bpb": 0.97}, "tags": [1, "a"]})

@@ -33,6 +33,7 @@ from centaur.methods.base import (
 )
 from centaur.methods.feasibility import THRESHOLD, FailureModel
 from centaur.space import Param, SearchSpace
+from centaur.study.attr_batch import set_trial_attrs
 
 STATE_ATTR = "catcma:state"
 GEN_ATTR = "catcma:generation"
@@ -268,12 +269,15 @@ class CatCmaSampler(BaseSampler):
             self._save(study, opt)
 
     # -- asking, in two steps so Centaur can replace CMA-ES's proposal ---------------------------
-    def propose(self, study: optuna.Study, trial: FrozenTrial) -> tuple[dict[str, Any], CatCMAwM.Solution, CatCMAwM]:
-        """Tag the trial with the current generation and draw CMA-ES's own sample for it (seeded by
-        the trial number, so a resume does not replay earlier draws)."""
+    def propose(self, study: optuna.Study, trial: FrozenTrial, *, tag: bool = True
+                ) -> tuple[dict[str, Any], CatCMAwM.Solution, CatCMAwM]:  # fmt: skip
+        """Tag the trial with the current generation (unless the caller writes the tag itself, `tag=False`)
+        and draw CMA-ES's own sample for it (seeded by the trial number, so a resume does not replay
+        earlier draws)."""
         completed = self._completed(study)  # one read serves the update and the failure model
         opt = self.state(study, completed)
-        study._storage.set_trial_system_attr(trial._trial_id, GEN_ATTR, opt.generation)
+        if tag:
+            study._storage.set_trial_system_attr(trial._trial_id, GEN_ATTR, opt.generation)
         opt._rng = np.random.RandomState(trial_seed(self.seed, trial.number, "catcma") % (2**32 - 1))
         sol = opt.ask()
         # Only predicted OOMs are drawn again. Redrawing the configurations the space's constraints forbid
@@ -317,8 +321,10 @@ class CatCmaSampler(BaseSampler):
             opt = self.state(study)  # an enqueued point: it runs as given and is told to CMA-ES as such
             study._storage.set_trial_system_attr(trial._trial_id, GEN_ATTR, opt.generation)
             return {}
-        config, sol, _ = self.propose(study, trial)
-        self.mark_own(study, trial, sol)
+        config, sol, opt = self.propose(study, trial, tag=False)
+        # The generation tag and the raw sample in one write (one transaction on an RDB storage).
+        set_trial_attrs(study._storage, trial._trial_id,
+                        system_attrs={GEN_ATTR: opt.generation, V_ATTR: [float(v) for v in sol._v_raw]})  # fmt: skip
         return self.space.encode(config)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:

@@ -159,8 +159,14 @@ def write_result(study: optuna.Study, r: PendingResult) -> None:
     storage = study._storage
 
     def attempt() -> None:
-        t = storage.get_trial(r.trial_id)
-        if t.state.is_finished():
+        # No read first: the write itself refuses a finished trial, and writing again what a dropped
+        # connection already wrote is harmless (upserts; the tell skips a finished trial).
+        key = f"{_CONSTRAINTS_KEY}:{FEASIBLE_CONSTRAINT}"
+        try:
+            set_trial_attrs(storage, r.trial_id, user_attrs=r.user_attrs,
+                            system_attrs={key: float(r.constraint)} if r.constraint is not None else None)  # fmt: skip
+        except optuna.exceptions.UpdateFinishedTrialError:
+            t = storage.get_trial(r.trial_id)
             if t.state.name != r.state or t.user_attrs.get("status") != r.user_attrs.get("status"):
                 log.warning(
                     "trial %d was closed as %s by another worker before its result could be written; "
@@ -168,17 +174,6 @@ def write_result(study: optuna.Study, r: PendingResult) -> None:
                     r.number,
                     t.user_attrs.get("status", t.state.name),
                 )
-            return
-        key = f"{_CONSTRAINTS_KEY}:{FEASIBLE_CONSTRAINT}"
-        try:
-            set_trial_attrs(
-                storage, r.trial_id,
-                user_attrs={k: v for k, v in r.user_attrs.items() if t.user_attrs.get(k) != v},
-                system_attrs={key: float(r.constraint)} if r.constraint is not None and key not in t.system_attrs
-                else None,
-            )  # fmt: skip
-        except optuna.exceptions.UpdateFinishedTrialError:
-            log.warning("trial %d was finished by another worker while its result was written", r.number)
             return
         # skip_if_finished: finished meanwhile by another worker that also held it (see the log above).
         if r.state == "FAIL":

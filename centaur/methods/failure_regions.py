@@ -42,18 +42,22 @@ def failure_summary(
     t = tree.tree_
     rules: list[tuple[float, int, int, str]] = []
 
-    def walk(node: int, conds: list[str]) -> None:
+    def walk(node: int, bounds: dict[str, tuple[float, float]]) -> None:
+        # `bounds`: per parameter on the path, the interval lo < x <= hi the splits leave (merged, so a
+        # path that splits one parameter twice reads "DEVICE_BATCH_SIZE = 128", not "<= 128 and >= 128").
         if t.children_left[node] == -1:
             total = int(t.n_node_samples[node])
             bad = int(round(t.value[node][0][list(tree.classes_).index(True)] * total)) if True in tree.classes_ else 0
             if bad / total > 0.5:
-                rules.append((bad / total, bad, total, " and ".join(conds) or "everywhere"))
+                conds = " and ".join(_condition(space, name, lo, hi) for name, (lo, hi) in bounds.items())
+                rules.append((bad / total, bad, total, conds or "everywhere"))
             return
         name, thr = names[t.feature[node]], float(t.threshold[node])
-        walk(t.children_left[node], [*conds, _condition(space, name, thr, below=True)])
-        walk(t.children_right[node], [*conds, _condition(space, name, thr, below=False)])
+        lo, hi = bounds.get(name, (-math.inf, math.inf))
+        walk(t.children_left[node], {**bounds, name: (lo, min(hi, thr))})
+        walk(t.children_right[node], {**bounds, name: (max(lo, thr), hi)})
 
-    walk(0, [])
+    walk(0, {})
     if not rules:
         return head + " No simple region explains them."
     rules.sort(key=lambda r: (-r[1], -r[0]))
@@ -69,14 +73,20 @@ def _number(space: SearchSpace, name: str, value: Any) -> float:
     return math.log2(float(value)) if p.kind == "pow2" else float(value)
 
 
-def _condition(space: SearchSpace, name: str, threshold: float, *, below: bool) -> str:
+def _condition(space: SearchSpace, name: str, lo: float, hi: float) -> str:
+    """`lo < x <= hi` (x on the scale of `_number`) in the parameter's own terms."""
     p = space[name]
     if p.kind == "categorical":
-        chosen = [c for i, c in enumerate(p.choices) if (i <= threshold) == below]
-        return f"{name} in {{{', '.join(map(str, chosen))}}}"
-    if p.kind == "pow2":
-        bound = 2 ** math.floor(threshold) if below else 2 ** math.ceil(threshold)
-        return f"{name} <= {bound}" if below else f"{name} >= {bound}"
-    if p.kind == "int":
-        return f"{name} <= {math.floor(threshold)}" if below else f"{name} >= {math.floor(threshold) + 1}"
-    return f"{name} <= {threshold:.3g}" if below else f"{name} > {threshold:.3g}"
+        chosen = [str(c) for i, c in enumerate(p.choices) if lo < i <= hi]
+        return f"{name} = {chosen[0]}" if len(chosen) == 1 else f"{name} in {{{', '.join(chosen)}}}"
+    if p.kind in ("pow2", "int"):
+        # Smallest and largest admissible values: powers of two by exponent, integers directly.
+        first = math.floor(lo) + 1 if math.isfinite(lo) else None
+        last = math.floor(hi) if math.isfinite(hi) else None
+        show = (lambda k: 2**k) if p.kind == "pow2" else (lambda k: k)
+        if first is not None and last is not None:
+            return f"{name} = {show(first)}" if first == last else f"{show(first)} <= {name} <= {show(last)}"
+        return f"{name} >= {show(first)}" if first is not None else f"{name} <= {show(last)}"
+    parts = [f"{name} > {lo:.3g}"] if math.isfinite(lo) else []
+    parts += [f"{name} <= {hi:.3g}"] if math.isfinite(hi) else []
+    return " and ".join(parts)

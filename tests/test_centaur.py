@@ -257,6 +257,18 @@ def test_prompt_for_14_parameters_at_trial_300_fits_its_budget(tmp_path):
     shared = len(os.path.commonprefix([prompt, next_prompt]))
     assert shared >= prompt.index("## CMA-ES's own proposal") - 2  # all but the newline before the tail
     print(f"the next turn shares {shared / len(prompt):.0%} of this prompt")
+    # The best 5: a row in the table is pointed at by number; one outside it is shown in full.
+    best = sorted(history.successes, key=history.score)[:5]
+    section = prompt[prompt.index("## Best 5 so far") : prompt.index("## Failures")]
+    for o in best:
+        assert (f"{o.number} ({o.value:.4g})" in section) == (o.number in numbers)
+        assert (sampler.table_row(o) in section) == (o.number not in numbers)
+    moved = centaur.methods.llm_common.History(
+        [*history.finished[:290], type(best[0])(290, best[0].config, "ok", best[0].value - 0.01),
+         *history.finished[291:]], [])  # fmt: skip
+    section = sampler.prompt(study, moved, own, handle).split("## Best 5 so far")[1].split("## Failures")[0]
+    assert f"Trials 290 ({best[0].value - 0.01:.4g}): rows in the table above." in section
+    assert str(best[0].number) + " | " in section  # the old best, outside the window, in full
 
 
 def test_history_window_moves_in_whole_blocks():

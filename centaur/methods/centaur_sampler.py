@@ -12,6 +12,7 @@ that the study's own trials predict to run out of memory is vetoed the same way 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
@@ -205,22 +206,42 @@ class CentaurSampler(LLMSampler):
                         f"now is:\n{state}\n")
         header = (f"## Evaluations, oldest first ({metric}, {direction})\n"
                   f"columns: trial | {', '.join(space.names)} | result\n")
-        tail = []
-        if self.show_state:
-            tail.append(f"## CMA-ES's own proposal for this trial (same columns)\n{self.table_values(own)}\n")
         ok = sorted(history.successes, key=history.score)[: self.best_k]
-        if ok:
-            tail.append(f"## Best {len(ok)} so far (same columns)\n" + "".join(self.table_row(o) + "\n" for o in ok))
-        statuses = [o.status for o in history.finished]
-        tail.append("## Failures\n" + failure_summary(space, [o.config for o in history.finished], statuses) + "\n")
-        footer = "\n".join(tail) + "\n" + self._footer(history)
-        budget = self.row_budget(SYSTEM_PROMPT, "\n".join(head), header, footer)
+        failures = failure_summary(space, [o.config for o in history.finished], [o.status for o in history.finished])
+
+        def footer(shown: set[int]) -> str:
+            tail = []
+            if self.show_state:
+                tail.append(f"## CMA-ES's own proposal for this trial (same columns)\n{self.table_values(own)}\n")
+            if ok:
+                tail.append(self._best_text(ok, shown))
+            tail.append(f"## Failures\n{failures}\n")
+            return "\n".join(tail) + "\n" + self._footer(history)
+
         window = history.finished[block_start(len(history.finished), self.history_k):]
-        rows, omitted = cap_history(window, render=self.table_row, budget_tokens=budget,
-                                    counter=self.client.counter, last_k=None, best_k=0)
+        best_rank = {o.number: i for i, o in enumerate(ok)}
+        in_window = {o.number for o in window}
+        budget = self.row_budget(SYSTEM_PROMPT, "\n".join(head), header, footer(in_window))
+        # The best rows in the window are kept first, so the best list can point at them by number.
+        rows, omitted = cap_history(window, render=self.table_row, budget_tokens=budget, counter=self.client.counter,
+                                    rank=lambda o: best_rank.get(o.number, math.inf), last_k=None,
+                                    best_k=len(in_window & best_rank.keys()))  # fmt: skip
+        shown = {o.number for o in rows}
         omitted += len(history.finished) - len(window)
         table = "".join(self.table_row(o) + "\n" for o in rows) or "None yet.\n"
-        return "\n".join(head) + "\n" + header + omitted_line(omitted) + table + "\n" + footer
+        return "\n".join(head) + "\n" + header + omitted_line(omitted) + table + "\n" + footer(shown)
+
+    def _best_text(self, ok: list[Observation], shown: set[int]) -> str:
+        """The best configurations: by number and value when their row is in the table (no need to read
+        the same 14 values twice, every turn), in full otherwise."""
+        refs = ", ".join(f"{o.number} ({o.value:.4g})" for o in ok if o.number in shown)
+        full = [self.table_row(o) for o in ok if o.number not in shown]
+        text = f"## Best {len(ok)} so far\n"
+        if refs:
+            text += f"Trials {refs}: rows in the table above.\n"
+        if full:
+            text += ("Not in the table" if refs else "Same columns") + ":\n" + "".join(r + "\n" for r in full)
+        return text
 
     def table_values(self, config: dict[str, Any]) -> str:
         return ", ".join(f"{v:.4g}" if isinstance(v, float) else fmt_number(v)

@@ -11,6 +11,7 @@ Other storages (journal, in-memory) keep Optuna's per-key path.
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Any
 
 import optuna
@@ -28,7 +29,8 @@ def set_trial_attrs(
     Raises `optuna.exceptions.UpdateFinishedTrialError` if the trial is finished, as Optuna does."""
     user_attrs, system_attrs = user_attrs or {}, system_attrs or {}
     backend = storage._backend if isinstance(storage, _CachedStorage) else storage
-    if not isinstance(backend, RDBStorage) or backend.engine.name not in ("postgresql", "sqlite"):
+    upserts = {"postgresql": True, "sqlite": sqlite3.sqlite_version_info >= (3, 24, 0)}  # ON CONFLICT DO UPDATE
+    if not isinstance(backend, RDBStorage) or not upserts.get(backend.engine.name, False):
         for key, value in user_attrs.items():
             storage.set_trial_user_attr(trial_id, key, value)
         for key, value in system_attrs.items():

@@ -42,11 +42,12 @@ class CmaView:
         lines = [
             f"- generation {self.generation}; overall step size sigma = {self.sigma:.4g} "
             f"(it started at {self.sigma0:.4g}; smaller means the search has narrowed)",
-            "- centre of the search (the mean) and its spread (one standard deviation) per parameter:",
+            "- centre of the search (the mean) per parameter, with the range one standard deviation around it "
+            "and that deviation as a share of the parameter's range (of its log-range where the scale is log):",
         ]
+        # One short line each: the prompt is read on every turn after a generation update.
         for s in self.spreads:
-            lines.append(f"  {s.name}: {fmt(s.centre)}  (likely range {fmt(s.low)} .. {fmt(s.high)}; "
-                         f"spread {s.sd_unit:.0%} of its {'log-' if s.log else ''}range)")
+            lines.append(f"  {s.name}: {fmt(s.centre)} ({fmt(s.low)} .. {fmt(s.high)}, {s.sd_unit:.0%})")
         if self.correlations:
             pairs = ", ".join(f"{a} & {b} {r:+.2f}" for a, b, r in self.correlations)
             lines.append(f"- strongest correlations of the search (+: they rise together; -: one rises as the "

@@ -25,10 +25,10 @@ from centaur.methods.base import (
     STATUS_ATTR,
     MethodContext,
     MethodError,
-    set_trial_attr,
     trial_seed,
 )
 from centaur.space import SearchSpace
+from centaur.study.attr_batch import set_trial_attrs
 
 FAILURE_TEXT = {
     "oom": "out of memory",
@@ -339,8 +339,7 @@ class LLMSampler(BaseSampler):
             "llm_proposal": outcome.raw,
             "llm_detail": {**outcome.detail, "propose_s": round(propose_s, 4)},
         }
-        for key, value in attrs.items():
-            set_trial_attr(study, trial, key, value)
+        set_trial_attrs(study._storage, trial._trial_id, user_attrs=attrs)  # one transaction, not nine
 
     # -- prompt parts shared by the methods that propose whole configurations ---------------------
     def row(self, o: Observation) -> str:

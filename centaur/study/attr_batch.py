@@ -15,8 +15,9 @@ import sqlite3
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, RDBStorage
-from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages import BaseStorage
+
+from centaur.study.param_batch import rdb_backend
 
 
 def set_trial_attrs(
@@ -28,9 +29,9 @@ def set_trial_attrs(
     """Set user and system attributes of a running trial together: one transaction on an RDB storage.
     Raises `optuna.exceptions.UpdateFinishedTrialError` if the trial is finished, as Optuna does."""
     user_attrs, system_attrs = user_attrs or {}, system_attrs or {}
-    backend = storage._backend if isinstance(storage, _CachedStorage) else storage
+    backend = rdb_backend(storage)
     upserts = {"postgresql": True, "sqlite": sqlite3.sqlite_version_info >= (3, 24, 0)}  # ON CONFLICT DO UPDATE
-    if not isinstance(backend, RDBStorage) or not upserts.get(backend.engine.name, False):
+    if backend is None or not upserts.get(backend.engine.name, False):
         for key, value in user_attrs.items():
             storage.set_trial_user_attr(trial_id, key, value)
         for key, value in system_attrs.items():

@@ -28,8 +28,8 @@ def suggest_all(trial: optuna.Trial, distributions: dict[str, BaseDistribution])
     if any(name in frozen.distributions for name in distributions):
         return 0  # a retried proposal: Optuna's per-parameter path completes it
     storage = trial.storage
-    backend = storage._backend if isinstance(storage, _CachedStorage) else storage
-    if not isinstance(backend, RDBStorage):
+    backend = rdb_backend(storage)
+    if backend is None:
         return 0
     decided: dict[str, tuple[Any, float, BaseDistribution]] = {}
     for name, dist in distributions.items():
@@ -53,6 +53,12 @@ def suggest_all(trial: optuna.Trial, distributions: dict[str, BaseDistribution])
         frozen.distributions[name] = dist
         frozen.params[name] = value
     return len(decided)
+
+
+def rdb_backend(storage: Any) -> RDBStorage | None:
+    """The RDB storage under Optuna's cache wrapper, or None for other storages (journal, in-memory)."""
+    backend = storage._backend if isinstance(storage, _CachedStorage) else storage
+    return backend if isinstance(backend, RDBStorage) else None
 
 
 def _write(storage: Any, backend: RDBStorage, trial_id: int,

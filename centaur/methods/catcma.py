@@ -269,15 +269,12 @@ class CatCmaSampler(BaseSampler):
             self._save(study, opt)
 
     # -- asking, in two steps so Centaur can replace CMA-ES's proposal ---------------------------
-    def propose(self, study: optuna.Study, trial: FrozenTrial, *, tag: bool = True
-                ) -> tuple[dict[str, Any], CatCMAwM.Solution, CatCMAwM]:  # fmt: skip
-        """Tag the trial with the current generation (unless the caller writes the tag itself, `tag=False`)
-        and draw CMA-ES's own sample for it (seeded by the trial number, so a resume does not replay
-        earlier draws)."""
+    def propose(self, study: optuna.Study, trial: FrozenTrial) -> tuple[dict[str, Any], CatCMAwM.Solution, CatCMAwM]:
+        """Draw CMA-ES's own sample for the trial (seeded by the trial number, so a resume does not replay
+        earlier draws). Nothing is written: `mark_own` or `mark_external` tags the trial with the
+        returned optimizer's generation once the caller knows which point runs."""
         completed = self._completed(study)  # one read serves the update and the failure model
         opt = self.state(study, completed)
-        if tag:
-            study._storage.set_trial_system_attr(trial._trial_id, GEN_ATTR, opt.generation)
         opt._rng = np.random.RandomState(trial_seed(self.seed, trial.number, "catcma") % (2**32 - 1))
         sol = opt.ask()
         # Only predicted OOMs are drawn again. Redrawing the configurations the space's constraints forbid
@@ -302,13 +299,15 @@ class CatCmaSampler(BaseSampler):
         ok = np.flatnonzero(p < THRESHOLD)
         return draws[int(ok[0]) if ok.size else int(np.argmin(p))]
 
+    # The generation tag and what was run, in one write (one transaction on an RDB storage).
     @staticmethod
-    def mark_own(study: optuna.Study, trial: FrozenTrial, sol: CatCMAwM.Solution) -> None:
-        study._storage.set_trial_system_attr(trial._trial_id, V_ATTR, [float(v) for v in sol._v_raw])
+    def mark_own(study: optuna.Study, trial: FrozenTrial, sol: CatCMAwM.Solution, generation: int) -> None:
+        set_trial_attrs(study._storage, trial._trial_id,
+                        system_attrs={GEN_ATTR: generation, V_ATTR: [float(v) for v in sol._v_raw]})  # fmt: skip
 
     @staticmethod
-    def mark_external(study: optuna.Study, trial: FrozenTrial) -> None:
-        study._storage.set_trial_system_attr(trial._trial_id, EXTERNAL_ATTR, True)
+    def mark_external(study: optuna.Study, trial: FrozenTrial, generation: int) -> None:
+        set_trial_attrs(study._storage, trial._trial_id, system_attrs={GEN_ATTR: generation, EXTERNAL_ATTR: True})
 
     # -- Optuna sampler interface ----------------------------------------------------------------
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
@@ -321,10 +320,8 @@ class CatCmaSampler(BaseSampler):
             opt = self.state(study)  # an enqueued point: it runs as given and is told to CMA-ES as such
             study._storage.set_trial_system_attr(trial._trial_id, GEN_ATTR, opt.generation)
             return {}
-        config, sol, opt = self.propose(study, trial, tag=False)
-        # The generation tag and the raw sample in one write (one transaction on an RDB storage).
-        set_trial_attrs(study._storage, trial._trial_id,
-                        system_attrs={GEN_ATTR: opt.generation, V_ATTR: [float(v) for v in sol._v_raw]})  # fmt: skip
+        config, sol, opt = self.propose(study, trial)
+        self.mark_own(study, trial, sol, opt.generation)
         return self.space.encode(config)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:

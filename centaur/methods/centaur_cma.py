@@ -23,7 +23,7 @@ class CmaBackend(Protocol):
     def fixed(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]: ...
     def propose(self, study: optuna.Study, trial: FrozenTrial) -> tuple[dict[str, Any], Any]: ...
     def accept_own(self, study: optuna.Study, trial: FrozenTrial, handle: Any) -> None: ...
-    def accept_external(self, study: optuna.Study, trial: FrozenTrial) -> None: ...
+    def accept_external(self, study: optuna.Study, trial: FrozenTrial, handle: Any) -> None: ...
     def view(self, study: optuna.Study, handle: Any) -> CmaView | None: ...
     def perturb(self, config: dict[str, Any], handle: Any,
                 rejected: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None: ...
@@ -62,10 +62,10 @@ class OurCmaBackend:
         return config, (sol, opt, trial.number)
 
     def accept_own(self, study: optuna.Study, trial: FrozenTrial, handle: Any) -> None:
-        self.cma.mark_own(study, trial, handle[0])
+        self.cma.mark_own(study, trial, handle[0], handle[1].generation)
 
-    def accept_external(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.cma.mark_external(study, trial)
+    def accept_external(self, study: optuna.Study, trial: FrozenTrial, handle: Any) -> None:
+        self.cma.mark_external(study, trial, handle[1].generation)
 
     def view(self, study: optuna.Study, handle: Any) -> CmaView | None:
         opt: CatCMAwM = handle[1]
@@ -134,7 +134,7 @@ class OptunaCmaBackend:
     def accept_own(self, study: optuna.Study, trial: FrozenTrial, handle: Any) -> None:
         pass
 
-    def accept_external(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def accept_external(self, study: optuna.Study, trial: FrozenTrial, handle: Any) -> None:
         pass
 
     def view(self, study: optuna.Study, handle: Any) -> CmaView | None:

@@ -117,7 +117,7 @@ class CentaurSampler(LLMSampler):
         if outcome is None:
             outcome = Outcome(config=own, source="llm-error" if self.llm_failure_is_fatal() else "llm-fallback:cmaes")
         if outcome.source == "llm":
-            self.cma.accept_external(study, trial)
+            self.cma.accept_external(study, trial, handle)
         else:  # a fallback or a veto: CMA-ES's own proposal runs and is told as its own
             self.cma.accept_own(study, trial, handle)
         self._record(study, trial, outcome, tracker, error, propose_s)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,8 @@ class RunnerSettings:
     trial_timeout_s: float | None = None  # None: derived from the task (e.g. 2x its time budget + 10 min)
     memory_cap_bytes: int | None = None  # CPU data-segment cap applied outside the script
     gpu_memory_fraction: float | None = None  # passed to a launcher that applies it before the script runs
-    scrub_env: bool = False  # run with a minimal environment (no API keys, tokens)
+    scrub_env: bool = True  # trials get an allowlisted environment (keys and tokens never reach them anyway)
+    env_passthrough: list[str] = field(default_factory=list)  # names or glob patterns kept when scrubbing
 
 
 @dataclass
@@ -64,48 +67,142 @@ def load_config(path: Path | None) -> ProjectConfig:
     cfg.constants = _table(data, "constants", path)
     cfg.methods = _table(data, "methods", path)
     runner = _table(data, "runner", path)
+    scrub_env, env_passthrough = _runner_env(runner, path)
     try:
         cfg.runner = RunnerSettings(
             trial_timeout_s=parse_duration(runner["trial_timeout"]) if "trial_timeout" in runner else None,
             memory_cap_bytes=parse_size(runner["memory_cap"]) if runner.get("memory_cap") else None,
             gpu_memory_fraction=float(runner["gpu_memory_fraction"]) if "gpu_memory_fraction" in runner else None,
-            scrub_env=bool(runner.get("scrub_env", False)),
+            scrub_env=scrub_env,
+            env_passthrough=env_passthrough,
         )
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{path}: [runner]: {e}") from None
-    unknown = set(runner) - {"trial_timeout", "memory_cap", "gpu_memory_fraction", "scrub_env"}
+    unknown = set(runner) - {"trial_timeout", "memory_cap", "gpu_memory_fraction", "scrub_env", "env_passthrough"}
     if unknown:
         raise ConfigError(f"{path}: [runner]: unknown key(s) {sorted(unknown)}")
     space = _table(data, "space", path)
     unknown = set(space) - {"exclude", "constraints", "params"}
     if unknown:
-        raise ConfigError(f"{path}: [space]: unknown key(s) {sorted(unknown)}; known: exclude, constraints, params")
-    cfg.exclude = _str_list(space.get("exclude", []), path, "space.exclude")
+        raise ConfigError(
+            f"{path}: [space] {sorted(unknown)[0]}: unknown key(s) {sorted(unknown)}; "
+            "known: exclude, constraints, params"
+        )
+    cfg.exclude = _str_list(space.get("exclude", []), path, "exclude", '["SEED"]')
     if "constraints" in space:
-        cfg.constraints = _str_list(space["constraints"], path, "space.constraints")
+        cfg.constraints = _str_list(space["constraints"], path, "constraints", '["BATCH % MICRO_BATCH == 0"]')
     params = space.get("params", {})
     if not isinstance(params, dict):
-        raise ConfigError(f"{path}: [space.params] must be a table of tables")
+        raise ConfigError(
+            f"{path}: [space] params = {toml_value(params)}: [space.params] must be a table of tables, "
+            'e.g. [space.params.LR] with type = "float", low = 1e-4, high = 0.1'
+        )
     for name, spec in params.items():
-        if not isinstance(spec, dict):
-            raise ConfigError(f'{path}: [space.params.{name}] must be a table, e.g. type = "int", low = 1, high = 8')
-        bad = set(spec) - _PARAM_KEYS
-        if bad:
-            raise ConfigError(
-                f"{path}: [space.params.{name}]: unknown key(s) {sorted(bad)}; known: {sorted(_PARAM_KEYS)}"
-            )
+        _check_param_table(name, spec, path)
     cfg.params = params
     return cfg
+
+
+def _runner_env(runner: dict[str, Any], path: Path) -> tuple[bool, list[str]]:
+    """`[runner] scrub_env` (default true) and `env_passthrough` (names or glob patterns of variables that
+    trials get even when the environment is scrubbed)."""
+    scrub = runner.get("scrub_env", True)
+    if not isinstance(scrub, bool):
+        raise ConfigError(f"{path}: [runner] scrub_env = {toml_value(scrub)}: scrub_env must be true or false")
+    names = runner.get("env_passthrough", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(
+            f"{path}: [runner] env_passthrough = {toml_value(names)}: must be a list of strings (variable names "
+            'or glob patterns), e.g. env_passthrough = ["WANDB_PROJECT", "DATA_*"]'
+        )
+    return scrub, [n.strip() for n in names]
 
 
 def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
     value = data.get(key, {})
     if not isinstance(value, dict):
-        raise ConfigError(f"{path}: [{key}] must be a table")
+        raise ConfigError(
+            f"{path}: {key} = {toml_value(value)}: [{key}] must be a table "
+            f"(a [{key}] header followed by key = value lines)"
+        )
     return value
 
 
-def _str_list(value: Any, path: Path, key: str) -> list[str]:
+def _str_list(value: Any, path: Path, key: str, example: str) -> list[str]:
+    """A `[space]` key that holds a list of strings."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{path}: {key} must be a list of strings")
+        raise ConfigError(
+            f"{path}: [space] {key} = {toml_value(value)}: must be a list of strings, e.g. {key} = {example}"
+        )
     return list(value)
+
+
+_BOOL_KEYS = ("exclude", "log")
+
+
+def _check_param_table(name: str, spec: Any, path: Path) -> None:
+    """What can be checked in `[space.params.NAME]` without the script; centaur.space.build checks the rest."""
+    where = f"{path}: [space.params.{name}]"
+    if not isinstance(spec, dict):
+        raise ConfigError(
+            f'{where}: must be a table, not {toml_value(spec)}; e.g. [space.params.{name}] with type = "int", '
+            "low = 1, high = 8"
+        )
+    bad = sorted(set(spec) - _PARAM_KEYS)
+    if bad:
+        raise ConfigError(f"{where} {bad[0]}: unknown key(s) {bad}; known: {sorted(_PARAM_KEYS)}")
+    for key in _BOOL_KEYS:
+        if key in spec and not isinstance(spec[key], bool):
+            raise ConfigError(f"{where} {key} = {toml_value(spec[key])}: {key} must be true or false")
+    if "help" in spec and not isinstance(spec["help"], str):
+        raise ConfigError(f'{where} help = {toml_value(spec["help"])}: help must be a string, e.g. help = "layers"')
+    if "type" in spec and not isinstance(spec["type"], str):
+        raise ConfigError(
+            f'{where} type = {toml_value(spec["type"])}: type must be a string: "int", "float", "pow2" or "categorical"'
+        )
+    if "choices" in spec:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(
+                f"{where} choices = {toml_value(choices)}: choices must be a non-empty list of the values to try, "
+                'e.g. choices = ["adam", "sgd"]'
+            )
+        for choice in choices:
+            if not _is_scalar(choice):
+                raise ConfigError(
+                    f"{where} choices = {toml_value(choices)}: {toml_value(choice)} is not a single value; "
+                    "each choice must be a string, number or boolean"
+                )
+        seen: list[Any] = []
+        for choice in choices:
+            if any(type(choice) is type(s) and choice == s for s in seen):
+                raise ConfigError(f"{where} choices = {toml_value(choices)}: {toml_value(choice)} is listed twice")
+            seen.append(choice)
+    for key in ("fixed", "default"):
+        if key in spec and not _is_scalar(spec[key]):
+            raise ConfigError(
+                f"{where} {key} = {toml_value(spec[key])}: {key} must be a single value (a string, number or boolean)"
+            )
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, str))
+
+
+def toml_value(value: Any) -> str:
+    """`value` written as it would appear in centaur.toml (for error messages)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return str(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|sec|m|min|h|hr|d)?\s*$", re.IGNORECASE)
@@ -17,29 +18,49 @@ _DURATION_UNITS = {
     "d": 86400.0,
 }
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+DURATION_EXAMPLES = "24h, 90m, 600s"
+SIZE_EXAMPLES = "8GiB, 512MiB, 2G"
 
 
 def parse_duration(text: str | float | int) -> float:
-    """Seconds in a duration such as 24h, 90m, 300s, 1.5h or a plain number of seconds."""
+    """Seconds in a duration such as 24h, 90m, 300s, 1.5h or a plain number of seconds (> 0)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
-    m = _DURATION.match(str(text))
-    if not m:
-        raise ValueError(f"not a duration: {text!r} (examples: 300s, 90m, 24h)")
-    unit = m.group(2).lower() if m.group(2) else None
-    return float(m.group(1)) * _DURATION_UNITS[unit]
+        seconds = float(text)
+    else:
+        m = _DURATION.match(str(text))
+        if not m:
+            raise ValueError(f"not a duration: {text!r}; {_why_not(text, 'durations')}give e.g. {DURATION_EXAMPLES}")
+        unit = m.group(2).lower() if m.group(2) else None
+        seconds = float(m.group(1)) * _DURATION_UNITS[unit]
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"not a duration: {text!r}; a duration must be positive and finite, e.g. {DURATION_EXAMPLES}")
+    return seconds
 
 
 def parse_size(text: str | int) -> int:
-    """Bytes in a size such as 3GiB, 512MB, 2G or a plain number of bytes (K/M/G/T are binary)."""
+    """Bytes in a size such as 3GiB, 512MB, 2G or a plain number of bytes (K/M/G/T are binary; > 0)."""
     if isinstance(text, int) and not isinstance(text, bool):
-        return text
-    m = _SIZE.match(str(text))
-    if not m:
-        raise ValueError(f"not a size: {text!r} (examples: 3GiB, 512MiB)")
-    unit = (m.group(2) or "b").lower()[0]
-    factor = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[unit]
-    return int(float(m.group(1)) * factor)
+        size = text
+    else:
+        m = _SIZE.match(str(text))
+        if not m:
+            raise ValueError(f"not a size: {text!r}; {_why_not(text, 'sizes')}give e.g. {SIZE_EXAMPLES}")
+        unit = (m.group(2) or "b").lower()[0]
+        factor = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[unit]
+        size = int(float(m.group(1)) * factor)
+    if size <= 0:
+        raise ValueError(f"not a size: {text!r}; a size must be at least one byte, e.g. {SIZE_EXAMPLES}")
+    return size
+
+
+def _why_not(text: object, what: str) -> str:
+    """A hint for the commonest mistakes, ending in '; ' (empty when there is none)."""
+    stripped = str(text).strip().lower()
+    if stripped.startswith("-"):
+        return f"{what} must be positive; "
+    if stripped.lstrip("+") in ("nan", "inf", "infinity"):
+        return f"{what} must be finite; "
+    return ""
 
 
 def format_duration(seconds: float) -> str:

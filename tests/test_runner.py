@@ -246,12 +246,12 @@ def test_scrub_env_removes_api_keys(tmp_path, monkeypatch):
     assert "sk-test" not in Path(r.log_path).read_text()
 
 
-def test_without_scrub_the_environment_passes_through(tmp_path, monkeypatch):
+def test_without_scrub_the_environment_passes_through_but_keys_never_do(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-real")
     t = task("env")
     t.config.runner.scrub_env = False
     r = t.evaluate(t.space.defaults(), trial_number=0, run_dir=tmp_path)
-    assert r.status is TrialStatus.OK and r.metrics["has_openai_key"] == 1
+    assert r.status is TrialStatus.OK and r.metrics["has_openai_key"] == 0 and r.metrics["has_path"] == 1
 
 
 def test_scrubbed_environment():

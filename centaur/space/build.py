@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+import math
 from pathlib import Path
 from typing import Any
 
-from centaur.config import ConfigError, ProjectConfig, config_path_for, load_config
+from centaur.config import ConfigError, ProjectConfig, config_path_for, load_config, toml_value
 from centaur.space.constraints import Constraint, ConstraintError
 from centaur.space.curated import (
     AUTORESEARCH_DEFAULTS,
@@ -25,6 +27,7 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
     source = read_script(script)
     if config is None:
         config = load_config(config_path_for(script))
+    toml = config.path or config_path_for(script)
     assignments = find_assignments(source, str(script))
     excluded = set(config.exclude) | TASK_CONSTANTS
     constants: dict[str, Any] = dict(sibling_constants(script))
@@ -35,32 +38,44 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
     missing = sorted(set(config.params) - found)
     if missing:
         raise ConfigError(
-            f"{config.path}: [space.params] names {missing} that {script.name} does not assign as ALL_CAPS constants"
+            f"{toml}: [space.params.{missing[0]}]: {script.name} has no ALL_CAPS assignment {missing[0]} = ..."
+            f"{_did_you_mean(missing[0], found)}; names not in the script: {missing}"
         )
     for a in assignments:
         spec = config.params.get(a.name, {})
+        where = f"{toml}: [space.params.{a.name}]"
         if a.name in excluded or spec.get("exclude"):
             constants[a.name] = a.value
             skipped[a.name] = "task constant" if a.name in TASK_CONSTANTS else "excluded in centaur.toml"
             continue
+        curated = curated_param(a.name, a.value)
         if "fixed" in spec:
-            fixed[a.name] = spec["fixed"]
-            constants[a.name] = spec["fixed"]
-            skipped[a.name] = f"fixed to {spec['fixed']!r} in centaur.toml"
+            value = _fixed_value(a.name, a.value, spec, curated, where)
+            fixed[a.name] = value
+            constants[a.name] = value
+            skipped[a.name] = f"fixed to {value!r} in centaur.toml"
             continue
-        param = _param_from_config(a.name, a.value, spec, config) if "type" in spec else None
-        if param is None:
-            param = curated_param(a.name, a.value) or heuristic_param(a.name, a.value)
-            if param is not None and spec:
-                param = _param_from_config(a.name, a.value, {**_as_spec(param), **spec}, config)
+        base = curated or heuristic_param(a.name, a.value)
+        spec = _with_type(a.name, a.value, spec, base, where)
+        if "type" in spec:
+            param: Param | None = _param_from_config(a.name, a.value, spec, where, given=spec)
+        elif base is not None and spec:
+            param = _param_from_config(a.name, a.value, {**_as_spec(base), **spec}, where, given=spec)
+        else:
+            param = base
         if param is None:
             constants[a.name] = a.value
             skipped[a.name] = f"{type(a.value).__name__} value with no range; add [space.params.{a.name}]"
             continue
         if not param.contains(param.default):
+            if spec:
+                raise SpaceError(
+                    f"{where}: the script's value {a.name} = {a.value!r} lies outside the range given here "
+                    f"({param.describe()}); widen the range, or set default = ... to a value inside it"
+                )
             raise SpaceError(
                 f"{a.name}: the script's value {a.value!r} lies outside its range ({param.describe()}); "
-                f"widen it in [space.params.{a.name}] of {config_path_for(script)}"
+                f"widen it in [space.params.{a.name}] of {toml}"
             )
         params.append(param)
     constants.update(config.constants)
@@ -75,8 +90,13 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
     try:
         constraints = tuple(Constraint(e) for e in expressions)
     except ConstraintError as e:
-        raise ConfigError(f"{config.path}: {e}") from None
-    space = SearchSpace(tuple(params), constants=constants, fixed=fixed, constraints=constraints)
+        raise ConfigError(f"{toml}: [space] constraints: {e}") from None
+    try:
+        space = SearchSpace(tuple(params), constants=constants, fixed=fixed, constraints=constraints)
+    except SpaceError as e:
+        if config.constraints is None:
+            raise
+        raise SpaceError(f"{toml}: [space] constraints: {e}") from None
     space.skipped = skipped  # type: ignore[attr-defined]
     if params and (problems := space.violations(space.defaults())):
         raise SpaceError(f"{script.name}: the script's own values are not a valid configuration: {'; '.join(problems)}")
@@ -114,37 +134,268 @@ def _as_spec(param: Param) -> dict[str, Any]:
     return spec
 
 
-def _param_from_config(name: str, value: Any, spec: dict[str, Any], config: ProjectConfig) -> Param:
-    kind = spec["type"]
-    where = f"{config.path}: [space.params.{name}]"
-    if kind not in KINDS:
-        raise ConfigError(f"{where}: type must be one of {', '.join(KINDS)}, not {kind!r}")
-    default = spec.get("default", value)
-    try:
-        if kind == "categorical":
-            choices = spec.get("choices")
-            if not isinstance(choices, list) or not choices:
-                raise ConfigError(f"{where}: a categorical needs choices = [...]")
-            return Param(
-                name, "categorical", default, choices=tuple(choices), source="config", help=spec.get("help", "")
+_RANGE_KEYS = ("low", "high", "log", "default")
+_KIND_WORDS = {"int": "an int", "pow2": "a power of two", "float": "a float", "bool": "a bool", "str": "a string"}
+
+
+def _with_type(name: str, value: Any, spec: dict[str, Any], base: Param | None, where: str) -> dict[str, Any]:
+    """`spec` with the type it implies: `choices` make a categorical (as in Optuna's suggest_categorical);
+    a range for a number the built-in table has no entry for takes the type of the script's value."""
+    if "type" in spec or not spec:
+        return spec
+    if "choices" in spec:
+        return {**spec, "type": "categorical"}
+    if base is None and any(k in spec for k in _RANGE_KEYS):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            key = next(k for k in _RANGE_KEYS if k in spec)
+            raise ConfigError(
+                f"{where} {key} = {toml_value(spec[key])}: {name} = {toml_value(value)} in the script is not a number; "
+                f'give type = "categorical" with choices = [...] instead of {key}'
             )
-        for key in ("low", "high"):
-            if key not in spec:
-                raise ConfigError(f"{where}: missing '{key}'")
-            if isinstance(spec[key], bool) or not isinstance(spec[key], (int, float)):
-                raise ConfigError(f"{where}: '{key}' must be a number, not {spec[key]!r}")
-        return Param(
-            name,
-            kind,
-            default,
-            low=spec["low"],
-            high=spec["high"],
-            log=bool(spec.get("log", False)),
-            source="config",
-            help=spec.get("help", ""),
+        return {**spec, "type": "int" if isinstance(value, int) else "float"}
+    return spec
+
+
+def _param_from_config(name: str, value: Any, spec: dict[str, Any], where: str, given: dict[str, Any]) -> Param:
+    """The Param that `spec` describes; `given` holds the keys the user wrote (the rest are built-in)."""
+    kind = spec["type"]
+    if kind not in KINDS:
+        raise ConfigError(
+            f"{where} type = {toml_value(kind)}: type must be one of {', '.join(map(toml_value, KINDS))}"
+            f"{_did_you_mean(str(kind), KINDS, quote=True)}"
         )
+    help_text = spec.get("help", "")
+    if kind == "categorical":
+        return _categorical_from_config(name, value, spec, where, given, help_text)
+    if "choices" in spec:
+        raise ConfigError(
+            f'{where} choices = {toml_value(spec["choices"])}: choices need type = "categorical" '
+            f'(type = "{kind}" searches the range from low to high); write type = "categorical" to try exactly these'
+        )
+
+    def shown(key: str) -> str:
+        return f"{key} = {toml_value(spec[key])}" + ("" if key in given else " (built-in)")
+
+    bounds: dict[str, Any] = {}
+    for key in ("low", "high"):
+        if key not in spec:
+            raise ConfigError(
+                f"{where} type = \"{kind}\": missing '{key}'; give both low and high, "
+                f"e.g. low = {_example_bounds(kind, value)[0]}, high = {_example_bounds(kind, value)[1]}"
+            )
+        bound = spec[key]
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            example = _example_bound(kind, key)
+            raise ConfigError(f"{where} {shown(key)}: '{key}' must be a number, e.g. {key} = {example}")
+        if not math.isfinite(bound):
+            raise ConfigError(f"{where} {shown(key)}: '{key}' must be a finite number")
+        if kind in ("int", "pow2"):
+            if not float(bound).is_integer():
+                near = math.ceil(bound) if key == "low" else math.floor(bound)
+                raise ConfigError(
+                    f"{where} {shown(key)}: {name} is {_KIND_WORDS[kind]}, so {key} must be an integer such as "
+                    f'{key} = {near}; give type = "float" for a real-valued range'
+                )
+            bound = int(bound)
+        if kind == "pow2" and not _is_pow2(bound):
+            below, above = _pow2_around(bound)
+            raise ConfigError(
+                f"{where} {shown(key)}: {name} is a pow2 parameter, so its bounds must be powers of two, "
+                f'e.g. {key} = {below} or {key} = {above}; give type = "int" to allow any integer'
+            )
+        bounds[key] = bound
+    low, high = bounds["low"], bounds["high"]
+    if low > high:
+        raise ConfigError(
+            f"{where} {shown('low')}, {shown('high')}: low must not exceed high; give low < high, e.g. swap them"
+        )
+    if low == high:
+        raise ConfigError(
+            f"{where} {shown('low')}, {shown('high')}: the range holds one value; "
+            f"to pin {name} write fixed = {toml_value(low)} instead, or widen the range"
+        )
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where} log = {toml_value(log)}: log must be true or false")
+    if log and low <= 0:
+        example = 1 if kind in ("int", "pow2") else _fmt_number(high / 1000 if high > 0 else 1e-5)
+        raise ConfigError(
+            f"{where} log = true, {shown('low')}: a log scale needs low > 0; give e.g. low = {example}, or log = false"
+        )
+    default = value
+    if "default" in given:
+        default = _checked_value(name, "default", given["default"], kind, where, _example_value(kind, value, low))
+        if not low <= default <= high:
+            raise ConfigError(
+                f"{where} default = {toml_value(default)}: outside low = {toml_value(low)}, high = {toml_value(high)}; "
+                f"give a default in [{toml_value(low)}, {toml_value(high)}]"
+            )
+    try:
+        return Param(name, kind, default, low=low, high=high, log=log, source="config", help=help_text)
     except SpaceError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _categorical_from_config(
+    name: str, value: Any, spec: dict[str, Any], where: str, given: dict[str, Any], help_text: str
+) -> Param:
+    for key in ("low", "high", "log"):
+        if key in given:
+            raise ConfigError(
+                f"{where} {key} = {toml_value(given[key])}: a categorical parameter has no {key}; list its values "
+                'in choices = [...], or give type = "int" or "float" for a range'
+            )
+    choices = spec.get("choices")
+    if choices is None:
+        raise ConfigError(
+            f'{where} type = "categorical": a categorical needs choices = [...], '
+            f"e.g. choices = [{toml_value(value)}, ...]"
+        )
+    if not isinstance(choices, (list, tuple)) or not choices:
+        raise ConfigError(
+            f"{where} choices = {toml_value(choices)}: choices must be a non-empty list of the values to try, "
+            f"e.g. choices = [{toml_value(value)}, ...]"
+        )
+    default = value
+    if "default" in given:
+        default = given["default"]
+        if default not in choices:
+            raise ConfigError(
+                f"{where} default = {toml_value(default)}: not one of choices = {toml_value(list(choices))}; "
+                "give one of them"
+            )
+    try:
+        return Param(name, "categorical", default, choices=tuple(choices), source="config", help=help_text)
+    except SpaceError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _fixed_value(name: str, value: Any, spec: dict[str, Any], curated: Param | None, where: str) -> Any:
+    """The checked `fixed` value of `spec`: of the declared type, else of the built-in or the script's type."""
+    kind = spec.get("type")
+    if kind is not None and kind not in KINDS:
+        raise ConfigError(
+            f"{where} type = {toml_value(kind)}: type must be one of {', '.join(map(toml_value, KINDS))}"
+            f"{_did_you_mean(str(kind), KINDS, quote=True)}"
+        )
+    if kind is None:
+        if curated is not None and curated.kind != "categorical":
+            kind = curated.kind
+        elif isinstance(value, bool):
+            kind = "bool"
+        elif isinstance(value, (int, float)):
+            kind = "int" if isinstance(value, int) else "float"
+        elif isinstance(value, str):
+            kind = "str"
+    choices = spec.get("choices")
+    result = _checked_value(name, "fixed", spec["fixed"], kind, where, _example_value(kind, value, spec.get("low")),
+                            choices=choices if isinstance(choices, list) else None)  # fmt: skip
+    low, high = spec.get("low"), spec.get("high")
+    if kind in ("int", "pow2", "float") and not isinstance(result, bool):
+        for key, bound in (("low", low), ("high", high)):
+            if isinstance(bound, (int, float)) and not isinstance(bound, bool):
+                if (key == "low" and result < bound) or (key == "high" and result > bound):
+                    raise ConfigError(
+                        f"{where} fixed = {toml_value(result)}: outside {key} = {toml_value(bound)} given in the same "
+                        "table; drop low/high (a fixed value is not searched) or fix a value inside the range"
+                    )
+    return result
+
+
+def _checked_value(
+    name: str, key: str, v: Any, kind: str | None, where: str, example: Any, choices: list[Any] | None = None
+) -> Any:
+    """`v` (a fixed or default value) if it suits a parameter of `kind`; integers of int kinds as int."""
+    shown = f"{where} {key} = {toml_value(v)}"
+    if isinstance(v, (list, tuple, dict)):
+        raise ConfigError(f"{shown}: {key} must be a single value, e.g. {key} = {toml_value(example)}")
+    number = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if kind in ("int", "pow2"):
+        if not number or not math.isfinite(v) or not float(v).is_integer():
+            hint = ' (write type = "float" to allow fractions)' if number and math.isfinite(v) else ""
+            raise ConfigError(f"{shown}: {name} is {_KIND_WORDS[kind]}; give an integer such as {example}{hint}")
+        v = int(v)
+        if kind == "pow2" and not _is_pow2(v):
+            below, above = _pow2_around(v)
+            raise ConfigError(f"{shown}: {name} is a power of two; give one such as {below} or {above}")
+    elif kind == "float":
+        if not number:
+            raise ConfigError(f"{shown}: {name} is a float; give a number such as {toml_value(example)}")
+        if not math.isfinite(v):
+            raise ConfigError(f"{shown}: {name} must be a finite number such as {toml_value(example)}")
+    elif kind == "bool":
+        if not isinstance(v, bool):
+            raise ConfigError(f"{shown}: {name} is a bool in the script; give true or false")
+    elif kind == "str":
+        if not isinstance(v, str):
+            raise ConfigError(f"{shown}: {name} is a string in the script; give text such as {toml_value(example)}")
+    elif kind == "categorical" and choices is not None and v not in choices:
+        raise ConfigError(f"{shown}: not one of choices = {toml_value(choices)}; give one of them")
+    return v
+
+
+def _example_value(kind: str | None, value: Any, low: Any) -> Any:
+    """A value of `kind` to show in a message: the script's own where it fits."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind in ("int", "pow2"):
+        if number and float(value).is_integer() and (kind == "int" or _is_pow2(int(value))):
+            return int(value)
+        if isinstance(low, int) and not isinstance(low, bool) and (kind == "int" or _is_pow2(low)):
+            return low
+        return 8
+    if kind == "float":
+        return float(value) if number else 0.1
+    if kind == "str":
+        return value if isinstance(value, str) else "adam"
+    return value
+
+
+def _example_bounds(kind: str, value: Any) -> tuple[str, str]:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if kind == "pow2":
+        if number and _is_pow2(int(value)) and float(value).is_integer():
+            return str(max(1, int(value) // 4)), str(int(value) * 4)
+        return "16", "256"
+    if kind == "int":
+        if number and float(value).is_integer():
+            return str(max(1, int(value) // 4)), str(int(value) * 4)
+        return "1", "8"
+    if number:
+        return _fmt_number(value / 10), _fmt_number(value * 10)
+    return "0.0", "1.0"
+
+
+def _example_bound(kind: str, key: str) -> str:
+    if kind == "pow2":
+        return "16" if key == "low" else "256"
+    if kind == "int":
+        return "1" if key == "low" else "8"
+    return "0.0" if key == "low" else "1.0"
+
+
+def _fmt_number(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _pow2_around(n: float) -> tuple[int, int]:
+    """The powers of two just below and just above `n` (1 and 2 for n < 1)."""
+    if n < 1:
+        return 1, 2
+    below = 2 ** int(math.floor(math.log2(n)))
+    return below, below * 2
+
+
+def _did_you_mean(word: str, options: Any, quote: bool = False) -> str:
+    close = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.6)
+    if not close and word.lower().startswith("int"):
+        close = ["int"] if "int" in options else []
+    if not close:
+        return ""
+    return f" (did you mean {toml_value(close[0]) if quote else close[0]}?)"
 
 
 __all__ = ["build_space", "load_space", "reference_space", "ScriptError", "SpaceError", "ConfigError"]

@@ -10,6 +10,7 @@ from typing import Any
 
 from centaur.config import ProjectConfig, config_path_for, load_config
 from centaur.hardware import describe_hardware
+from centaur.paths import absolute_path
 from centaur.runner import classify, inject, run_script
 from centaur.space import SearchSpace, load_space
 from centaur.tasks.base import TrialResult, TrialStatus
@@ -46,7 +47,8 @@ class ScriptTask:
         return DEFAULT_TIMEOUT_S
 
     def evaluate(self, config: dict[str, Any], *, trial_number: int, run_dir: Path) -> TrialResult:
-        trial_dir = Path(run_dir) / "trials" / f"{trial_number:05d}"
+        # Absolute: the trial runs with the script's folder as its working directory.
+        trial_dir = absolute_path(run_dir) / "trials" / f"{trial_number:05d}"
         problems = self.space.violations(config)
         if problems:
             return TrialResult(TrialStatus.INVALID, error="; ".join(problems))
@@ -69,9 +71,10 @@ class ScriptTask:
             memory_cap_bytes=runner.memory_cap_bytes,
             gpu_memory_fraction=runner.gpu_memory_fraction,
             scrub_env=runner.scrub_env,
+            env_passthrough=runner.env_passthrough,
             extra_env=env,
         )
-        outcome = classify(proc.returncode, proc.output, self.metric, timed_out=proc.timed_out)
+        outcome = classify(proc.returncode, proc.output, self.metric, timed_out=proc.timed_out, metrics=proc.metrics)
         wall = time.monotonic() - start
         training = outcome.metrics.get("training_seconds")
         ok = outcome.status is TrialStatus.OK

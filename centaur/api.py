@@ -2,100 +2,120 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 from centaur.methods.base import MethodContext, create_sampler
-from centaur.study.loop import ProgressHook, TuneResult, open_study, run_worker
+from centaur.paths import absolute_path, absolute_storage_url, study_dirname
+from centaur.study.loop import DEFAULT_BUDGET_S, ProgressHook, TuneResult, open_study, run_worker, study_budget
+from centaur.study.records import STUDY_PENALTY
 from centaur.study.storage import default_storage_url
 from centaur.tasks.base import Task
+from centaur.tasks.spec import BUNDLED_TASK, resolve_task, task_spec
 from centaur.units import parse_duration
 
-BUNDLED_TASK = Path(__file__).resolve().parent / "tasks" / "gpt" / "train.py"
 DEFAULT_RUN_ROOT = Path("centaur-runs")
 DEFAULT_METHOD = "tpe"
-
-
-def resolve_task(task: Task | str | Path | None) -> Task:
-    """A Task object; `None` or "gpt" is the bundled CPU training task; "surrogate" or
-    "surrogate:TRIALS.json" the surrogate of the reference study; anything else a script path."""
-    from centaur.tasks.script import ScriptTask
-
-    if task is None or str(task) == "gpt":
-        return ScriptTask.from_script(BUNDLED_TASK)
-    if isinstance(task, (str, Path)):
-        text = str(task)
-        if text == "surrogate" or text.startswith("surrogate:"):
-            from centaur.surrogate.task import SurrogateTask
-
-            path = text.split(":", 1)[1] if ":" in text else None
-            return SurrogateTask.from_trials(path)
-        return ScriptTask.from_script(Path(text))
-    return task
+log = logging.getLogger(__name__)
 
 
 def default_study_name(task: Task, method: str, seed: int) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{task.name}-{method}-seed{seed}")
 
 
+def check_run_options(
+    *, budget: float | str | None, penalty: float | None, workers: int, n_trials: int | None
+) -> float | None:
+    """Refuse option values that cannot mean anything, naming the option; returns the budget in seconds."""
+    budget_s = None
+    if budget is not None:
+        try:
+            budget_s = parse_duration(budget)
+        except ValueError as e:
+            raise ValueError(f"--budget: {e}") from None
+        if not math.isfinite(budget_s) or budget_s <= 0:
+            raise ValueError(f"--budget must be a positive duration such as 24h, 90m or 600s, got {budget!r}")
+    if penalty is not None and not (isinstance(penalty, (int, float)) and math.isfinite(penalty)):
+        raise ValueError(f"--penalty must be a finite number (what failed trials are told with), got {penalty!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"--workers must be a whole number of at least 1, got {workers!r}")
+    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
+        raise ValueError(f"--n-trials must be a whole number of at least 1, got {n_trials!r}")
+    return budget_s
+
+
 def tune(
     task: Task | str | Path | None = None,
     *,
     method: str = DEFAULT_METHOD,
-    budget: float | str | None = "24h",
+    budget: float | str | None = None,
     n_trials: int | None = None,
     seed: int = 0,
     storage: str | None = None,
     study_name: str | None = None,
     run_dir: Path | str | None = None,
-    penalty: float = 100.0,
+    penalty: float | None = None,
     method_options: dict[str, Any] | None = None,
     llm: Any = None,
     progress: ProgressHook | None = None,
     workers: int = 1,
     gpus: list[str] | None = None,
+    keep_going: bool = False,
 ) -> TuneResult:
     """Tune `task` with `method` until `budget` (seconds or "24h") of counted compute is spent.
 
-    Running it again with the same storage and study name resumes the study. `workers` > 1 starts that
-    many worker processes on this machine against the one study (`gpus`: one GPU per worker, round robin);
-    more machines join with `centaur worker` (see docs/deployment.md).
+    Running it again with the same storage and study name resumes the study: `budget` None keeps the
+    study's budget (a new study: 24 h, or none when `n_trials` is given), a larger one extends it;
+    `penalty` None keeps the study's (100). A resume with another script, space, method, options or
+    seed is refused (StudyMismatch).
+    `workers` > 1 starts that many worker processes on this machine against the one study (`gpus`: one
+    GPU per worker, round robin); more machines join with `centaur worker` (see docs/deployment.md).
+    The study stops early (HopelessStudy) when its baseline fails or trials keep failing the same way,
+    unless `keep_going`.
     """
+    budget_s = check_run_options(budget=budget, penalty=penalty, workers=workers, n_trials=n_trials)
     task_arg, task = task, resolve_task(task)
-    budget_s = parse_duration(budget) if budget is not None else None
     study_name = study_name or default_study_name(task, method, seed)
-    run_root = Path(run_dir) if run_dir is not None else DEFAULT_RUN_ROOT
+    run_root = absolute_path(run_dir if run_dir is not None else DEFAULT_RUN_ROOT)
+    if isinstance(storage, str):
+        storage = absolute_storage_url(storage)
     storage = storage or default_storage_url(run_root)
-    trial_dir = run_root / study_name
-    options = dict(method_options or {})
+    trial_dir = run_root / study_dirname(study_name)
+    config = getattr(task, "config", None)
+    # centaur.toml's [methods.NAME] first, the command line's options over them.
+    options = {**dict(getattr(config, "methods", {}).get(method, {})), **dict(method_options or {})}
     llm_arg = {k: v for k, v in llm.items() if k != "api_key"} if isinstance(llm, dict) else None
-    if llm is None and getattr(task, "config", None) is not None:
-        llm = task.config.llm
-    if gpus and workers == 1:
+    if llm is None and config is not None:
+        llm = config.llm
+    if gpus and workers == 1 and len(gpus) > 1:
         workers = len(gpus)
+    if gpus and workers == 1 and hasattr(task, "extra_env"):
+        task.extra_env["CUDA_VISIBLE_DEVICES"] = gpus[0]  # one GPU: this process runs the trials itself
     from centaur.study.workers import check_parallel_method
 
     check_parallel_method(method, workers)
     if method == "agent-code":  # edits the script itself: its own loop, not a sampler
         from centaur.agentcode.loop import tune_agent_code
 
-        config_options = getattr(getattr(task, "config", None), "methods", {}).get(method, {})
         return tune_agent_code(
             task, storage=storage, study_name=study_name, seed=seed, budget_s=budget_s, n_trials=n_trials,
-            penalty=penalty, run_dir=trial_dir, options={**config_options, **options}, llm=llm, progress=progress,
+            penalty=penalty, run_dir=trial_dir, options=options, llm=llm, progress=progress,
         )  # fmt: skip
     ctx = MethodContext(
         space=task.space,
         seed=seed,
         options=options,
         task_description=task.describe(),
-        penalty=penalty,
+        penalty=penalty if penalty is not None else 100.0,
         run_dir=trial_dir,
         llm=llm,
     )
     sampler = create_sampler(method, ctx)
     try:
+        notices: list[str] = []
         study = open_study(
             task,
             method=method,
@@ -105,16 +125,28 @@ def tune(
             study_name=study_name,
             penalty=penalty,
             sampler=sampler,
+            options=options,
+            notices=notices,
+            default_budget_s=DEFAULT_BUDGET_S if n_trials is None else None,  # --n-trials alone: no budget
         )
-        from centaur.study.workers import run_local_workers, store_settings, task_spec
+        for line in notices:
+            _notify(progress, line)
+        budget_s = study_budget(study)
+        penalty = float(study.user_attrs[STUDY_PENALTY])
+        if penalty != ctx.penalty:  # a resumed study keeps its own penalty: the sampler must tell the same one
+            _close(sampler)
+            ctx.penalty = penalty
+            sampler = study.sampler = create_sampler(method, ctx)
+        from centaur.study.workers import run_local_workers, store_settings
 
         spec = task_spec(task_arg)
-        timeout = getattr(getattr(task, "config", None), "runner", None)
+        timeout = getattr(config, "runner", None)
         settings = {
             "task": spec,
             "method_options": options,
             "trial_timeout_s": getattr(timeout, "trial_timeout_s", None),
             "llm": llm_arg,  # never a key: workers read theirs from their own environment
+            "keep_going": keep_going,
         }
         store_settings(study, settings)  # what `centaur worker` needs to join this study
         if workers > 1:
@@ -125,9 +157,26 @@ def tune(
                 progress=progress, sampler=sampler,
             )  # fmt: skip
         return run_worker(
-            task, study, run_dir=trial_dir, budget_s=budget_s, n_trials=n_trials, penalty=penalty, progress=progress
-        )
+            task, study, run_dir=trial_dir, budget_s=budget_s, n_trials=n_trials, penalty=penalty, progress=progress,
+            keep_going=keep_going,
+        )  # fmt: skip
     finally:
-        close = getattr(sampler, "close", None)
-        if callable(close):
-            close()
+        _close(sampler)
+
+
+def _close(sampler: Any) -> None:
+    close = getattr(sampler, "close", None)
+    if callable(close):
+        close()
+
+
+def _notify(progress: ProgressHook | None, line: str) -> None:
+    """A line the user should see before the run starts (a budget extended, a script changed)."""
+    notice = getattr(progress, "on_notice", None)
+    if callable(notice):
+        notice(line)
+    else:
+        log.warning("%s", line)
+
+
+__all__ = ["BUNDLED_TASK", "DEFAULT_METHOD", "DEFAULT_RUN_ROOT", "check_run_options", "resolve_task", "tune"]

@@ -10,43 +10,43 @@ from typing import Annotated
 import optuna
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from centaur.api import BUNDLED_TASK, DEFAULT_METHOD, DEFAULT_RUN_ROOT, resolve_task, tune
-from centaur.config import ConfigError
-from centaur.llm.errors import LLMError
+from centaur.errors import USER_ERRORS
 from centaur.methods.base import MethodError, available_methods
 from centaur.runner.inject import inject
-from centaur.space import ScriptError, SpaceError
-from centaur.space.constraints import ConstraintError
-from centaur.study.durable import StorageUnavailable
-from centaur.study.loop import RunDirError, StudyMismatch
-from centaur.study.records import summarize
-from centaur.study.storage import StorageError, default_storage_url, open_storage
-from centaur.units import format_duration
+from centaur.study.records import StudySummary, summarize
+from centaur.study.storage import default_storage_url, open_storage
+from centaur.units import format_duration, parse_duration
 
 app = typer.Typer(help="Tune the hyperparameters of training scripts under a compute budget.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
-USER_ERRORS = (
-    ScriptError,
-    SpaceError,
-    ConfigError,
-    ConstraintError,
-    MethodError,
-    StorageError,
-    StudyMismatch,
-    RunDirError,
-    StorageUnavailable,
-    LLMError,
-    FileNotFoundError,
-    ValueError,
-)
 
 
 def _fail(e: Exception) -> None:
-    err.print(f"[bold red]error:[/] {e}")
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # "[runner]" is no style
     raise typer.Exit(2)
+
+
+def _aborted() -> None:
+    err.print(
+        "\n[bold yellow]aborted[/] by a second Ctrl-C: the running trial was killed and recorded as lost; "
+        "its cost counts, and its configuration runs again when you resume with the same command"
+    )
+    raise typer.Exit(130)
+
+
+def _positive_duration(option: str, text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise ValueError(f"{option}: {e}") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{option} must be a positive duration such as 15m or 600s, got {text!r}")
+    return seconds
 
 
 def _register_surrogate() -> None:
@@ -102,7 +102,9 @@ def tune_cmd(
     method: Annotated[
         str, typer.Option("--method", "-m", help="optimization method (see `centaur methods`)")
     ] = DEFAULT_METHOD,
-    budget: Annotated[str, typer.Option(help="compute budget, e.g. 24h, 90m, 600s")] = "24h",
+    budget: Annotated[
+        str | None, typer.Option(help="compute budget, e.g. 24h, 90m, 600s (new study: 24h; resume: the study's)")
+    ] = None,
     n_trials: Annotated[int | None, typer.Option("--n-trials", help="stop after this many trials in this run")] = None,
     trial_timeout: Annotated[
         str | None, typer.Option(help="kill a trial after this long (overrides centaur.toml)")
@@ -111,7 +113,9 @@ def tune_cmd(
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: SQLite in the run dir)")] = None,
     study_name: Annotated[str | None, typer.Option(help="study name (default: TASK-METHOD-seedN)")] = None,
     run_dir: Annotated[Path, typer.Option(help="where studies, trial copies and logs go")] = DEFAULT_RUN_ROOT,
-    penalty: Annotated[float, typer.Option(help="objective value failed trials are told with")] = 100.0,
+    penalty: Annotated[
+        float | None, typer.Option(help="objective value failed trials are told with (new study: 100)")
+    ] = None,
     option: Annotated[
         list[str] | None, typer.Option("--option", "-o", help="method option KEY=VALUE (repeatable)")
     ] = None,
@@ -127,18 +131,20 @@ def tune_cmd(
     cma_backend: Annotated[
         str | None, typer.Option(help="centaur: CMA-ES backend, 'cmaes' (ours) or 'cmaes-optuna'")
     ] = None,
+    keep_going: Annotated[
+        bool, typer.Option("--keep-going", help="run on when the baseline fails or trials keep failing the same way")
+    ] = False,
 ) -> None:
     """Tune SCRIPT. Running the same command again resumes the study."""
     from centaur.progress import RichProgress
     from centaur.study.workers import parse_gpus
-    from centaur.units import parse_duration
 
     try:
         options = _parse_options(option or [])
         options.update(_centaur_options(method, llm_ratio, llm_warmup, no_cma_state, cma_backend))
         task = resolve_task(script)
         if trial_timeout is not None and hasattr(task, "config"):
-            task.config.runner.trial_timeout_s = parse_duration(trial_timeout)
+            task.config.runner.trial_timeout_s = _positive_duration("--trial-timeout", trial_timeout)
         result = tune(
             task,
             method=method,
@@ -153,9 +159,12 @@ def tune_cmd(
             progress=RichProgress(console),
             workers=workers,
             gpus=parse_gpus(gpus),
+            keep_going=keep_going,
         )
     except USER_ERRORS as e:
         _fail(e)
+    except KeyboardInterrupt:
+        _aborted()
     s = result.summary
     console.print(
         f"[bold]{s.name}[/]: {result.stop_reason}; {s.n_finished} trials, best {s.best_value} (trial {s.best_trial})"
@@ -186,6 +195,8 @@ def worker(
         )  # fmt: skip
     except USER_ERRORS as e:
         _fail(e)
+    except KeyboardInterrupt:
+        _aborted()
     s = result.summary
     console.print(f"[bold]{s.name}[/]: {result.stop_reason}; {s.n_finished} trials in the study, best {s.best_value}")
 
@@ -220,39 +231,51 @@ def status(
         studies = _load(storage, run_dir, study_name)
     except USER_ERRORS as e:
         _fail(e)
-    table = Table()
-    table.add_column("study", no_wrap=True)
-    for col in (
-        "method",
-        "trials",
-        "running",
-        "best",
-        "failures",
-        "budget used",
-        "optimizer s",
-        "LLM s",
-        "fallbacks",
-    ):
-        table.add_column(col)
-    for st in studies:
-        s = summarize(st)
-        budget = (
-            f"{format_duration(s.used_s)} / {format_duration(s.budget_s)}" if s.budget_s else format_duration(s.used_s)
-        )
-        fails = ", ".join(f"{k} {v}" for k, v in sorted(s.failures.items())) or "0"
-        table.add_row(
-            s.name,
-            str(s.method),
-            str(s.n_finished),
-            str(s.n_running),
-            f"{s.best_value:.6f}" if s.best_value is not None else "-",
-            fails,
-            budget,
-            f"{s.sampler_s:.1f}",
-            f"{s.llm_s:.1f}",
-            str(s.fallbacks),
-        )
-    console.print(table)
+    rows = [_status_row(summarize(st)) for st in studies]
+    if console.width >= 120:  # one row per study
+        table = Table()
+        for col in _STATUS_COLUMNS:
+            table.add_column(col, no_wrap=col == "study")
+        for row in rows:
+            table.add_row(*row.values())
+        console.print(table)
+        return
+    for row in rows:  # narrow terminal: one block per study, a field per line
+        block = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
+        block.add_column(style="bold", no_wrap=True)
+        block.add_column(overflow="fold")
+        for col, value in row.items():
+            if col != "study":
+                block.add_row(col, value)
+        console.print(f"[bold]{row['study']}[/]", highlight=False)
+        console.print(block)
+
+
+_STATUS_COLUMNS = (
+    "study", "method", "trials", "running", "best", "failures", "budget used", "optimizer s", "LLM s", "fallbacks"
+)
+
+
+def _status_row(s: StudySummary) -> dict[str, str]:
+    budget = f"{format_duration(s.used_s)} / {format_duration(s.budget_s)}" if s.budget_s else format_duration(s.used_s)
+    if s.budget_s:
+        budget += f" ({100 * s.used_s / s.budget_s:.0f}%)"
+    best = f"{s.best_value:.6f}" if s.best_value is not None else "-"
+    if s.best_value is not None and s.best_trial is not None:
+        best += f" (trial {s.best_trial})"
+    values = (
+        s.name,
+        f"{s.method} (seed {s.seed})" if s.seed is not None else str(s.method),
+        str(s.n_finished),
+        str(s.n_running),
+        best,
+        ", ".join(f"{k} {v}" for k, v in sorted(s.failures.items())) or "0",
+        budget,
+        f"{s.sampler_s:.1f}",
+        f"{s.llm_s:.1f}",
+        str(s.fallbacks),
+    )
+    return dict(zip(_STATUS_COLUMNS, values, strict=True))
 
 
 @app.command()

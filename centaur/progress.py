@@ -29,13 +29,15 @@ class RichProgress:
         self.live = Live(Group(self.bar, self.line), console=self.console, refresh_per_second=4)
 
     def _update(self, s: StudySummary, current: str = "") -> None:
-        total = s.budget_s or 1.0
-        self.bar.update(
-            self.task_id,
-            completed=min(s.used_s, total),
-            total=total,
-            description=f"{format_duration(s.used_s)} / {format_duration(total)}",
-        )
+        if s.budget_s:
+            self.bar.update(
+                self.task_id,
+                completed=min(s.used_s, s.budget_s),
+                total=s.budget_s,
+                description=f"{format_duration(s.used_s)} / {format_duration(s.budget_s)}",
+            )
+        else:  # stopped by --n-trials only
+            self.bar.update(self.task_id, total=None, description=f"{format_duration(s.used_s)} (no budget set)")
         fails = ", ".join(f"{k} {v}" for k, v in sorted(s.failures.items())) or "none"
         best = f"{s.best_value:.6f} (trial {s.best_trial})" if s.best_value is not None else "-"
         self.line = Text(f"trials {s.n_finished}  best {best}  failures: {fails}  {current}")
@@ -58,6 +60,12 @@ class RichProgress:
         )
         self._update(summary)
 
+    def on_notice(self, line: str) -> None:
+        self.console.print(f"[yellow]note:[/] {line}", highlight=False)
+
     def on_stop(self, reason: str, summary: StudySummary) -> None:
-        self._update(summary, f"| stopped: {reason}")
+        self._update(summary)
         self.live.stop()
+        if not self.console.is_terminal:
+            self.console.line()  # off a terminal, Live leaves its last line open
+        self.console.print(f"stopped: {reason}", highlight=False)

@@ -31,9 +31,17 @@ from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, MethodContext, Method
 from centaur.methods.llm_common import client_for
 from centaur.runner.outcome import classify, parse_metrics
 from centaur.space.extract import find_assignments
-from centaur.study.loop import ProgressHook, TuneResult, _Heartbeat, _StopFlag, open_study, record_result
+from centaur.study.loop import (
+    ProgressHook,
+    TuneResult,
+    _Heartbeat,
+    _StopFlag,
+    open_study,
+    record_result,
+    study_budget,
+)
 from centaur.study.lost import close_lost_trials, owner_tag
-from centaur.study.records import OWNER_ATTR, SAMPLER_ATTR, STARTED_ATTR, summarize
+from centaur.study.records import OWNER_ATTR, SAMPLER_ATTR, STARTED_ATTR, STUDY_PENALTY, summarize
 from centaur.tasks.base import TrialResult, TrialStatus
 
 log = logging.getLogger(__name__)
@@ -451,7 +459,9 @@ def tune_agent_code(
     client = client_for(ctx)
     try:
         study = open_study(task, method=METHOD, seed=seed, budget_s=budget_s, storage=storage,
-                           study_name=study_name, penalty=penalty, sampler=RandomSampler(seed=seed))
+                           study_name=study_name, penalty=penalty, sampler=RandomSampler(seed=seed),
+                           options=dict(options or {}))
+        budget_s, penalty = study_budget(study), float(study.user_attrs[STUDY_PENALTY])
         agent = CodeAgent(task, study, client, run_dir=Path(run_dir), options=opts, penalty=penalty, seed=seed)
         return agent.run(budget_s=budget_s, n_trials=n_trials, progress=progress)
     finally:

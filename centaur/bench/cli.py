@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -33,7 +34,7 @@ def bench(
     from centaur.bench.grid import parse_methods, parse_seeds
     from centaur.bench.progress import RichBenchProgress
     from centaur.bench.runner import run_bench
-    from centaur.cli import USER_ERRORS
+    from centaur.errors import USER_ERRORS
     from centaur.report.collect import runs_from_storage
     from centaur.report.stats import method_table
 
@@ -43,7 +44,7 @@ def bench(
                            storage=storage, jobs=jobs, penalty=penalty, in_memory=in_memory, progress=shown)
     except USER_ERRORS as e:
         shown.close()
-        err.print(f"[bold red]error:[/] {e}")
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     shown.close()
     names = set(result.study_names)

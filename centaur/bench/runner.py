@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial
 
 from centaur.bench.grid import COMPLETE_ATTR, SECONDS_ATTR, BenchError, Cell, grid
 from centaur.bench.tasks import TaskSpec, load_task, prepare_task
+from centaur.paths import absolute_path, absolute_storage_url
 from centaur.study.records import STUDY_BUDGET, STUDY_TASK, StudySummary
 from centaur.study.storage import open_storage
 from centaur.units import parse_duration
@@ -105,14 +106,14 @@ def run_bench(
     Rerunning the same command resumes: complete studies are kept, a direct study resumes where it
     stopped, and an in-memory study that was not stored whole is run again from scratch.
     """
-    bench_dir = Path(bench_dir)
+    bench_dir = absolute_path(bench_dir)
     bench_dir.mkdir(parents=True, exist_ok=True)
     if jobs < 1:
         raise BenchError(f"--jobs must be at least 1, got {jobs}")
     budget_s = parse_duration(budget)
     if budget_s <= 0:
         raise BenchError(f"the budget must be positive, got {budget!r}")
-    url = storage or default_bench_storage(bench_dir)
+    url = absolute_storage_url(storage) if storage else default_bench_storage(bench_dir)
     spec = prepare_task(task, bench_dir)
     memory = spec.simulated if in_memory is None else in_memory
     cells = grid(methods, seeds)
@@ -303,7 +304,8 @@ def run_cell(job: CellJob, report: Callable[..., None] | None = None) -> CellOut
     t0 = time.perf_counter()
     result = tune(task, method=job.cell.method, budget=job.budget_s, seed=job.cell.seed, storage=storage,
                   study_name=job.study_name, run_dir=job.run_dir, penalty=job.penalty,
-                  progress=_Updates(job.study_name, job.budget_s, report))
+                  progress=_Updates(job.study_name, job.budget_s, report),
+                  keep_going=True)  # a benchmark runs every study to its budget, as the protocol says
     seconds = time.perf_counter() - t0
     s = result.summary
     complete = s.used_s >= job.budget_s

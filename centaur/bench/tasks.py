@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from centaur.tasks.base import Task
+from centaur.tasks.spec import load_task as load_spec_task
+from centaur.tasks.spec import parse_task
 
 MODEL_FILE = "surrogate-model.pkl"
 _MODELS: dict[str, Any] = {}  # per worker process: a loaded surrogate model, by path
@@ -34,25 +36,19 @@ def prepare_task(text: str | None, bench_dir: Path) -> TaskSpec:
     The surrogate is fitted here (or loaded from the bench directory's cache, which is checked against
     the trials file's hash) so the workers only load the saved model.
     """
-    from centaur.api import BUNDLED_TASK
-
-    text = text or "gpt"
-    if text == "surrogate" or text.startswith("surrogate:"):
+    ref = parse_task(text)
+    if ref.kind == "surrogate":
         from centaur.surrogate.task import TRIALS_ENV, SurrogateTask
 
-        trials = text.split(":", 1)[1] if ":" in text else os.environ.get(TRIALS_ENV, "")
+        trials = str(ref.path) if ref.path else os.environ.get(TRIALS_ENV, "")
         if not trials:
             raise FileNotFoundError(f"no trials file for the surrogate: use --task surrogate:PATH or set ${TRIALS_ENV}")
         cache = Path(bench_dir) / MODEL_FILE
         task = SurrogateTask.from_trials(trials, cache=cache)
-        return TaskSpec(text=text, name=task.name, model=str(cache.resolve()))
-    from centaur.tasks.script import ScriptTask
-
-    script = BUNDLED_TASK if text == "gpt" else Path(text)
-    if not script.is_file():
-        raise FileNotFoundError(f"task script not found: {script} (give 'surrogate:TRIALS', 'gpt' or a script path)")
-    task = ScriptTask.from_script(script)  # validates the script and its search space now, not in the workers
-    return TaskSpec(text=text, name=task.name, script=str(Path(script).resolve()))
+        return TaskSpec(text=ref.spec, name=task.name, model=str(cache.resolve()))
+    script = ref.script
+    task = load_spec_task(ref)  # validates the script and its search space now, not in the workers
+    return TaskSpec(text=ref.spec, name=task.name, script=str(script))
 
 
 def load_task(spec: TaskSpec, seed: int) -> Task:

@@ -59,7 +59,15 @@ def create_sampler(name: str, ctx: MethodContext) -> BaseSampler:
     _load_builtin_methods()
     if name not in _REGISTRY:
         raise MethodError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name][0](ctx)
+    try:
+        return _REGISTRY[name][0](ctx)
+    except MethodError:
+        raise
+    except (ValueError, TypeError) as e:
+        if not ctx.options:
+            raise
+        given = ", ".join(f"{k}={v!r}" for k, v in sorted(ctx.options.items()))
+        raise MethodError(f"method {name!r}: a method option has a bad value ({e}); options given: {given}") from None
 
 
 def _load_builtin_methods() -> None:
@@ -71,6 +79,19 @@ def _load_builtin_methods() -> None:
         except ModuleNotFoundError as e:  # a module of a method not built yet, or an optional extra missing
             if e.name not in (f"centaur.methods.{module}",):
                 raise
+
+
+def typed_option(options: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    """Method option `name` as `kind` (int, float, str), or `default` when absent; MethodError naming it."""
+    value = options.get(name)
+    if value is None:
+        return default
+    try:
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise MethodError(f"method option {name} must be {kind.__name__}, got {value!r} (-o {name}=...)") from None
 
 
 def option_flag(value: Any) -> bool:

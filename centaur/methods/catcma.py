@@ -30,6 +30,7 @@ from centaur.methods.base import (
     register,
     seeded_random_value,
     trial_seed,
+    typed_option,
 )
 from centaur.methods.feasibility import THRESHOLD, FailureModel
 from centaur.space import Param, SearchSpace
@@ -346,8 +347,8 @@ def catcma_from_options(ctx: MethodContext, options: dict[str, Any], external_fa
     return CatCmaSampler(
         ctx.space,
         ctx.seed,
-        popsize=int(options["popsize"]) if options.get("popsize") is not None else None,
-        sigma0=options.get("sigma0"),
+        popsize=typed_option(options, "popsize", int),
+        sigma0=typed_option(options, "sigma0", float),
         start=str(options.get("start", "centre")),
         external_failures=external_failures,
         avoid_oom=option_flag(options.get("avoid_oom", True)),

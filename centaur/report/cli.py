@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err = Console(stderr=True)
@@ -24,7 +25,7 @@ def report(
     title: Annotated[str | None, typer.Option(help="report title")] = None,
 ) -> None:
     """Write a report: per-method table, convergence, incumbents, average rank, paired statistics."""
-    from centaur.cli import USER_ERRORS
+    from centaur.errors import USER_ERRORS
     from centaur.report.collect import ReportInputError, runs_from_storage, runs_from_trials_file
     from centaur.report.render import build_report
     from centaur.units import parse_duration
@@ -47,6 +48,6 @@ def report(
             source, default_title = ", ".join(targets or []), "Study report"
         rep = build_report(runs, output, title=title or default_title, source=source)
     except USER_ERRORS as e:
-        err.print(f"[bold red]error:[/] {e}")
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     console.print(f"wrote {rep.markdown}, {rep.html} and {len(rep.figures)} figures")

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from centaur.bench.grid import SECONDS_ATTR
 from centaur.methods.base import SOURCE_ATTR
+from centaur.paths import absolute_path, absolute_storage_url
 from centaur.study.records import STUDY_BUDGET, STUDY_METHOD, STUDY_SEED, STUDY_TASK, cost_of, is_success, status_of
 from centaur.study.storage import open_storage
 
@@ -93,8 +94,8 @@ class Run:
 def _storage_url(target: str | Path) -> str:
     text = str(target)
     if "://" in text or text.startswith("journal:"):
-        return text
-    path = Path(text)
+        return absolute_storage_url(text)
+    path = absolute_path(text)
     if path.is_dir():
         for name in ("bench.journal", "bench.db", "study.db"):
             if (path / name).is_file():

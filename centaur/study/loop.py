@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, STATUS_ATTR
 from centaur.space import SearchSpace
 from centaur.study.attr_batch import set_user_attrs
 from centaur.study.durable import PendingResult, ResultJournal, StorageUnavailable, with_retries, write_result
+from centaur.study.identity import IDENTITY_ATTR, StudyIdentity
 from centaur.study.lost import HEARTBEAT_S, close_lost_trials, close_trial_as_lost, owner_tag
 from centaur.study.param_batch import suggest_all
 from centaur.study.records import (
@@ -38,9 +40,11 @@ from centaur.study.records import (
     WALL_ATTR,
     RunningSummary,
     StudySummary,
+    is_success,
 )
 from centaur.study.storage import open_storage
 from centaur.tasks.base import Task, TrialResult, TrialStatus
+from centaur.units import format_duration
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -118,6 +122,11 @@ class _StopFlag:
             self.requested = True
             if self.signals > 1:
                 raise KeyboardInterrupt
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(
+                    "\nstopping: the running trial finishes and is recorded first (Ctrl-C again aborts it)\n"
+                )
+                sys.stderr.flush()
 
         for s in previous:
             signal.signal(s, handler)
@@ -155,6 +164,9 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
 
+DEFAULT_BUDGET_S = 24 * 3600.0  # a new study's budget when none is given (the reference study's)
+
+
 def open_study(
     task: Task,
     *,
@@ -163,32 +175,141 @@ def open_study(
     budget_s: float | None,
     storage: str,
     study_name: str,
-    penalty: float,
+    penalty: float | None,
     sampler: optuna.samplers.BaseSampler | None = None,
+    options: dict[str, Any] | None = None,
+    notices: list[str] | None = None,
+    default_budget_s: float | None = DEFAULT_BUDGET_S,
 ) -> optuna.Study:
-    """Create or load the study; on creation, enqueue the script's defaults as trial 0 (the baseline)."""
+    """Create or load the study; on creation, record what defines it and enqueue the script's defaults
+    as trial 0 (the baseline).
+
+    A resumed study must match what defines it (script, space, method, options, seed, penalty), or
+    StudyMismatch names the differences. `budget_s` None keeps the study's budget (a new study gets
+    `default_budget_s`; None: no budget); a larger one extends it, with a line in `notices`; a smaller
+    one is refused. `penalty` None keeps the study's (100 for a new one).
+    """
     study = optuna.create_study(
         storage=open_storage(storage), study_name=study_name, sampler=sampler, direction="minimize", load_if_exists=True
     )
     attrs = study.user_attrs
+    stored_penalty = attrs.get(STUDY_PENALTY)
+    penalty = float(penalty if penalty is not None else stored_penalty if stored_penalty is not None else 100.0)
+    identity = StudyIdentity.of(task, method=method, options=dict(options or {}), seed=seed, penalty=penalty)
     if STUDY_METHOD in attrs:
-        for key, want in ((STUDY_METHOD, method), (STUDY_SEED, seed)):
-            if attrs.get(key) != want:
-                raise StudyMismatch(
-                    f"study {study_name!r} was created with {key}={attrs.get(key)!r}, not {want!r}; "
-                    "use another --study-name to start a new study"
-                )
+        stored = attrs.get(IDENTITY_ATTR)
+        if isinstance(stored, dict):
+            diffs = identity.differences(stored)
+            script_only = bool(diffs) and not identity.differences({**stored, "task_hash": identity.task_hash})
+            if script_only and not any(is_success(t) for t in study.get_trials(deepcopy=False)):
+                # Only the script changed, and nothing it measured succeeded: the usual fix of a broken script.
+                diffs = []
+                study.set_user_attr(IDENTITY_ATTR, identity.as_dict())
+                if notices is not None:
+                    notices.append(f"study {study_name!r}: the script changed; no trial had succeeded, so it goes on")
+        else:  # a study from before identities were recorded: what it has must still match
+            diffs = [
+                f"{key} is {want!r}, the study's is {attrs.get(key)!r}"
+                for key, want in ((STUDY_METHOD, method), (STUDY_SEED, seed), (STUDY_PENALTY, penalty))
+                if attrs.get(key) != want
+            ]
+        if diffs:
+            raise StudyMismatch(
+                f"study {study_name!r} cannot be resumed with these settings: " + "; ".join(diffs) + ". "
+                "Run it again with the settings it was started with, or give another --study-name to start a new study"
+            )
+        if not isinstance(stored, dict):
+            study.set_user_attr(IDENTITY_ATTR, identity.as_dict())
     else:
         study.set_user_attr(STUDY_METHOD, method)
         study.set_user_attr(STUDY_SEED, seed)
         study.set_user_attr(STUDY_TASK, task.name)
         study.set_user_attr(STUDY_PENALTY, penalty)
         study.set_user_attr("space", task.space.describe())
+        study.set_user_attr(IDENTITY_ATTR, identity.as_dict())
         if not study.get_trials(deepcopy=False):
             study.enqueue_trial(task.space.encode(task.space.defaults()), user_attrs={SOURCE_ATTR: "baseline"})
-    if budget_s is not None and attrs.get(STUDY_BUDGET) != budget_s:
-        study.set_user_attr(STUDY_BUDGET, budget_s)  # running again with a larger budget extends the study
+    current = attrs.get(STUDY_BUDGET) if STUDY_METHOD in attrs else None
+    if budget_s is None:
+        if STUDY_METHOD not in attrs and default_budget_s is not None:
+            study.set_user_attr(STUDY_BUDGET, float(default_budget_s))
+    elif current is None:
+        study.set_user_attr(STUDY_BUDGET, float(budget_s))
+    elif budget_s > current:
+        study.set_user_attr(STUDY_BUDGET, float(budget_s))
+        if notices is not None:
+            notices.append(
+                f"study {study_name!r}: budget extended from {format_duration(current)} to {format_duration(budget_s)}"
+            )
+    elif budget_s < current:
+        raise StudyMismatch(
+            f"study {study_name!r} has a budget of {format_duration(current)}; --budget {format_duration(budget_s)} "
+            "would shrink it. To stop earlier, use --n-trials or Ctrl-C (the study resumes later); for a smaller "
+            "budget, give another --study-name to start a new study"
+        )
     return study
+
+
+def study_budget(study: optuna.Study) -> float | None:
+    """The study's recorded compute budget in seconds (None: no budget, only --n-trials stops it)."""
+    value = study.user_attrs.get(STUDY_BUDGET)
+    return float(value) if value is not None else None
+
+
+DEFAULT_MAX_SAME_FAILURES = 5
+# Failures that say something about the configuration, not about the script: never a reason to stop.
+_REGION_FAILURES = {TrialStatus.OOM, TrialStatus.DIVERGED}
+
+
+class HopelessStudy(RuntimeError):
+    """The study stopped because it cannot make progress (the baseline fails, or every trial fails the
+    same way); the message quotes the error and the log. The study itself is intact."""
+
+
+class _FailureStreak:
+    """Counts trials in a row that failed with the same signature (class + last error line)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.signature: tuple[str, str] | None = None
+        self.count = 0
+
+    def add(self, result: TrialResult) -> bool:
+        """Record one trial; True when the streak reached the limit."""
+        if result.status is TrialStatus.OK or result.status in _REGION_FAILURES or result.cost_s <= 0:
+            self.signature, self.count = None, 0  # cost 0: rejected by a constraint before it ran
+            return False
+        last_line = ((result.error or "").strip().splitlines() or [""])[-1]
+        signature = (result.status.value, last_line)
+        self.count = self.count + 1 if signature == self.signature else 1
+        self.signature = signature
+        return self.limit > 0 and self.count >= self.limit
+
+
+def _log_excerpt(result: TrialResult, lines: int = 15) -> str:
+    tail = str(result.extra.get("log_tail") or "").rstrip().splitlines()[-lines:]
+    where = f"\nfull log: {result.log_path}" if result.log_path else ""
+    return ("\n" + "\n".join("  | " + line for line in tail) if tail else "") + where
+
+
+def _hopeless(trial: FrozenTrial | optuna.Trial, result: TrialResult, streak: _FailureStreak) -> str | None:
+    """Why the study should stop after this trial, or None."""
+    if result.status is TrialStatus.OK or result.status is TrialStatus.LOST:
+        streak.add(result)
+        return None
+    if trial.user_attrs.get(SOURCE_ATTR) == "baseline" and result.status is not TrialStatus.OOM:
+        return (
+            f"the baseline (trial {trial.number}, the script's own values) failed: {result.status.value}: "
+            f"{result.error or 'no error message'}{_log_excerpt(result)}\n"
+            "Fix the script (or its centaur.toml) and run the same command again; --keep-going runs on regardless"
+        )
+    if streak.add(result):
+        return (
+            f"{streak.count} trials in a row failed the same way ({result.status.value}: {result.error}); "
+            f"the last one was trial {trial.number}{_log_excerpt(result)}\n"
+            "Fix the cause and run the same command again (the study resumes); --keep-going runs on regardless"
+        )
+    return None
 
 
 def run_worker(
@@ -200,8 +321,14 @@ def run_worker(
     n_trials: int | None = None,
     penalty: float = 100.0,
     progress: ProgressHook | None = None,
+    keep_going: bool = False,
+    max_same_failures: int = DEFAULT_MAX_SAME_FAILURES,
 ) -> TuneResult:
     """Run trials until the shared budget is spent, `n_trials` were started here, or a stop signal.
+
+    A hopeless study stops with HopelessStudy (unless `keep_going`): when the baseline (the script's
+    own defaults) fails with anything but out-of-memory, or when `max_same_failures` trials in a row
+    fail with the same error.
 
     Many workers (processes, machines) may run this on one study at once. Before each trial a worker
     closes trials of dead workers as lost (their configuration is queued for one retry) and checks the
@@ -222,6 +349,7 @@ def run_worker(
         progress.on_start(summary)
     reason = "budget spent"
     last_lost_check = -math.inf
+    same_failures = _FailureStreak(max_same_failures)
     with stop.installed():
         while True:
             if time.monotonic() - last_lost_check >= HEARTBEAT_S:  # no need to look more often than beats come
@@ -237,13 +365,20 @@ def run_worker(
             if stop.requested:
                 reason = "stopped by signal"
                 break
-            frozen = _run_one(task, study, run_dir=run_dir, penalty=penalty, progress=progress, journal=journal)
-            if frozen is None:
+            ran = _run_one(task, study, run_dir=run_dir, penalty=penalty, progress=progress, journal=journal)
+            if ran is None:
                 continue  # the trial went to another worker
+            frozen, result = ran
             started_here += 1
             if progress:
                 summary = with_retries(lambda: summarize_here(study), "reading the study")
                 progress.on_trial_end(frozen, summary)
+            if not keep_going:
+                hopeless = _hopeless(frozen, result, same_failures)
+                if hopeless:
+                    if progress:
+                        progress.on_stop("stopped: the study cannot make progress", summary)
+                    raise HopelessStudy(hopeless)
     if progress:
         progress.on_stop(reason, summary)
     return TuneResult(study, summary, reason)
@@ -290,7 +425,7 @@ def _run_one(
     penalty: float,
     progress: ProgressHook | None,
     journal: ResultJournal | None = None,
-) -> FrozenTrial | optuna.Trial | None:
+) -> tuple[FrozenTrial | optuna.Trial, TrialResult] | None:
     """Run one trial; None when it went to another worker. The stored trial is re-read only for progress."""
     started_trial = _start_trial(task, study)
     if started_trial is None:
@@ -330,7 +465,9 @@ def _run_one(
             with_retries(lambda: close_trial_as_lost(study, frozen, elapsed, why), "closing a lost trial")
             raise e from None
     record_result(study, trial, result, penalty, journal=journal)
-    return with_retries(lambda: study._storage.get_trial(trial._trial_id), "reading a trial") if progress else trial
+    if progress:
+        return with_retries(lambda: study._storage.get_trial(trial._trial_id), "reading a trial"), result
+    return trial, result
 
 
 def record_result(
@@ -379,6 +516,7 @@ def record_result(
 
 
 __all__ = [
+    "HopelessStudy",
     "ProgressHook",
     "RunDirError",
     "StorageUnavailable",

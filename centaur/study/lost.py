@@ -24,6 +24,8 @@ HEARTBEAT_S = float(os.environ.get("CENTAUR_HEARTBEAT_S", "5"))
 # A worker on another host silent this long is presumed dead (same host: checked by pid at once).
 STALE_AFTER_S = float(os.environ.get("CENTAUR_STALE_AFTER_S", "120"))
 RETRY_OF_ATTR = "retry_of"
+RETRIES_ATTR = "retries"  # how many times this configuration was queued again after a loss
+MAX_BASELINE_RETRIES = 5
 
 
 _OWNER: dict[int, dict[str, object]] = {}
@@ -68,10 +70,22 @@ def close_trial_as_lost(study: optuna.Study, t: FrozenTrial, spent: float, error
             return False
     except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError, optuna.exceptions.StorageInternalError):
         return False  # finished meanwhile, or SQLite's lock lost to the worker that closes it
-    if CONFIG_ATTR in t.user_attrs and RETRY_OF_ATTR not in t.user_attrs and len(t.params) == len(t.distributions):
-        attrs = {RETRY_OF_ATTR: t.number, SOURCE_ATTR: t.user_attrs.get(SOURCE_ATTR, "retry")}
+    if CONFIG_ATTR in t.user_attrs and _retry_allowed(t) and len(t.params) == len(t.distributions):
+        attrs = {
+            RETRY_OF_ATTR: t.number,
+            SOURCE_ATTR: t.user_attrs.get(SOURCE_ATTR, "retry"),
+            RETRIES_ATTR: int(t.user_attrs.get(RETRIES_ATTR, 0)) + 1,
+        }
         study.enqueue_trial(dict(t.params), user_attrs=attrs)
     return True
+
+
+def _retry_allowed(t: FrozenTrial) -> bool:
+    """One retry per configuration; the baseline up to MAX_BASELINE_RETRIES, since a study without it has
+    no reference point (and its stop rule never fires)."""
+    if t.user_attrs.get(SOURCE_ATTR) == "baseline":
+        return int(t.user_attrs.get(RETRIES_ATTR, 0)) < MAX_BASELINE_RETRIES
+    return RETRY_OF_ATTR not in t.user_attrs
 
 
 def close_lost_trials(study: optuna.Study) -> list[int]:

@@ -21,12 +21,15 @@ from typing import Any
 import optuna
 
 from centaur.methods.base import MethodContext, MethodError, create_sampler
+from centaur.paths import absolute_path, absolute_storage_url, study_dirname
 from centaur.study.durable import with_retries
-from centaur.study.loop import ProgressHook, TuneResult, check_writable, run_worker
+from centaur.study.identity import IDENTITY_ATTR, StudyIdentity
+from centaur.study.loop import ProgressHook, StudyMismatch, TuneResult, check_writable, run_worker
 from centaur.study.lost import close_lost_trials
 from centaur.study.records import STUDY_BUDGET, STUDY_METHOD, STUDY_PENALTY, STUDY_SEED, summarize
 from centaur.study.storage import open_storage
 from centaur.tasks.base import Task
+from centaur.tasks.spec import resolve_task
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +40,6 @@ MAX_RESTARTS = 3  # per worker slot, for workers killed by a signal we did not s
 
 class WorkerError(ValueError):
     """Workers could not run (every one of them failed); the message quotes a worker's log."""
-
-
-def task_spec(task: Task | str | Path | None) -> str | None:
-    """How a worker process finds the task again: 'gpt', 'surrogate[:PATH]' or a script path."""
-    if task is None:
-        return "gpt"
-    if isinstance(task, (str, Path)):
-        text = str(task)
-        if text == "gpt" or text.startswith("surrogate"):
-            return text
-        return str(Path(text).resolve())
-    script = getattr(task, "script", None)
-    if script is not None:
-        return str(Path(script).resolve())
-    return getattr(task, "spec", None)
 
 
 def check_parallel_method(method: str, workers: int) -> None:
@@ -94,8 +82,8 @@ def join_study(
 ) -> TuneResult:
     """Run one worker on an existing study, rebuilding task and method from the study's settings.
     `script` overrides the stored task path (the script lives elsewhere on this machine)."""
-    from centaur.api import resolve_task
-
+    storage = absolute_storage_url(storage)
+    run_root = absolute_path(run_root)
     try:
         study = with_retries(
             lambda: optuna.load_study(study_name=study_name, storage=open_storage(storage)), "loading the study"
@@ -118,10 +106,17 @@ def join_study(
     method, seed = attrs[STUDY_METHOD], int(attrs[STUDY_SEED])
     check_parallel_method(method, 2)
     penalty = float(attrs.get(STUDY_PENALTY, 100.0))
-    trial_dir = Path(run_root) / study_name
-    sampler = build_sampler(
-        task, method, seed, settings.get("method_options", {}), penalty, trial_dir, settings.get("llm")
-    )
+    options = settings.get("method_options", {})
+    stored = attrs.get(IDENTITY_ATTR)
+    if isinstance(stored, dict):
+        diffs = StudyIdentity.of(task, method=method, options=options, seed=seed, penalty=penalty).differences(stored)
+        if diffs:
+            raise StudyMismatch(
+                f"cannot join study {study_name!r}: " + "; ".join(diffs) + ". Give --script the same training "
+                "script (and centaur.toml) the study was started with"
+            )
+    trial_dir = Path(run_root) / study_dirname(study_name)
+    sampler = build_sampler(task, method, seed, options, penalty, trial_dir, settings.get("llm"))
     study.sampler = sampler
     try:
         return run_worker(
@@ -132,6 +127,7 @@ def join_study(
             n_trials=n_trials,
             penalty=penalty,
             progress=progress,
+            keep_going=bool(settings.get("keep_going", False)),
         )
     finally:
         close = getattr(sampler, "close", None)
@@ -181,7 +177,7 @@ def run_local_workers(
     """
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    trial_dir = Path(run_root) / study_name
+    trial_dir = Path(run_root) / study_dirname(study_name)
     check_writable(trial_dir)
     log_dir = trial_dir / "workers"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -210,6 +206,22 @@ def run_local_workers(
         return cmd
 
     def start(slot: _Slot) -> None:
+        # A supervisor killed by SIGKILL cannot forward anything: the kernel then sends the worker SIGTERM
+        # (PR_SET_PDEATHSIG; it records its running trial and stops). Linux only. ctypes is loaded here,
+        # not in the forked child, where an import could deadlock.
+        supervisor, prctl = os.getpid(), None
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+            except (OSError, AttributeError):
+                prctl = None
+
+        def die_with_supervisor() -> None:
+            if prctl is not None and prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0 and os.getppid() != supervisor:
+                os.kill(os.getpid(), signal.SIGTERM)  # it died before the call: no signal would come
+
         with open(slot.log_path, "ab") as out:
             slot.proc = subprocess.Popen(
                 command(slot),
@@ -218,6 +230,7 @@ def run_local_workers(
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only; it forwards once
+                preexec_fn=die_with_supervisor,
             )
 
     signals = {"count": 0}
@@ -347,11 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     what the supervisor starts; the same as `centaur worker --quiet`."""
     import argparse
 
-    from centaur.llm.errors import LLMError
-    from centaur.study.durable import StorageUnavailable
-    from centaur.study.storage import StorageError
-
-    user_errors = (ValueError, FileNotFoundError, LLMError, StorageError, StorageUnavailable)  # as the CLI's
+    from centaur.errors import USER_ERRORS
 
     ap = argparse.ArgumentParser(prog="centaur-worker")
     ap.add_argument("--storage", required=True)
@@ -365,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             args.storage, args.study, run_root=Path(args.run_dir), script=args.script, n_trials=args.n_trials,
             progress=LineProgress(),
         )  # fmt: skip
-    except user_errors as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     print(f"{result.summary.name}: {result.stop_reason}", flush=True)

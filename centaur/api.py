@@ -11,7 +11,7 @@ from typing import Any
 from centaur.methods.base import MethodContext, create_sampler
 from centaur.paths import absolute_path, absolute_storage_url, study_dirname
 from centaur.study.loop import DEFAULT_BUDGET_S, ProgressHook, TuneResult, open_study, run_worker, study_budget
-from centaur.study.records import STUDY_PENALTY
+from centaur.study.schema import STUDY_PENALTY
 from centaur.study.storage import default_storage_url
 from centaur.tasks.base import Task
 from centaur.tasks.spec import BUNDLED_TASK, resolve_task, task_spec

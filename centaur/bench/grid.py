@@ -6,9 +6,8 @@ import re
 from dataclasses import dataclass
 
 from centaur.methods.base import MethodError, available_methods
-
-COMPLETE_ATTR = "bench_complete"  # study user attr: the study reached its budget under the harness
-SECONDS_ATTR = "bench_seconds"  # study user attr: wall seconds the harness spent on the study
+from centaur.study.schema import BENCH_COMPLETE_ATTR as COMPLETE_ATTR  # noqa: F401  (the bench's names for them)
+from centaur.study.schema import BENCH_SECONDS_ATTR as SECONDS_ATTR  # noqa: F401
 
 
 class BenchError(ValueError):

@@ -14,11 +14,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from centaur.space import SearchSpace
-
-# Trial user attributes written by the study loop (see centaur.study.records).
-STATUS_ATTR = "status"  # TrialStatus value
-CONFIG_ATTR = "config"  # the configuration that ran, in real units
-SOURCE_ATTR = "proposal_source"  # who proposed it: sampler name, "baseline", "llm", "llm-fallback", ...
+from centaur.study.schema import CONFIG_ATTR, SOURCE_ATTR, STATUS_ATTR  # noqa: F401  (every method reads them)
 
 
 class MethodError(ValueError):

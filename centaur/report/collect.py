@@ -12,9 +12,9 @@ import optuna
 from optuna.trial import TrialState
 
 from centaur.bench.grid import SECONDS_ATTR
-from centaur.methods.base import SOURCE_ATTR
 from centaur.paths import absolute_path, absolute_storage_url
-from centaur.study.records import STUDY_BUDGET, STUDY_METHOD, STUDY_SEED, STUDY_TASK, cost_of, is_success, status_of
+from centaur.study.records import cost_of, is_success, status_of
+from centaur.study.schema import SOURCE_ATTR, STUDY_BUDGET, STUDY_METHOD, STUDY_SEED, STUDY_TASK
 from centaur.study.storage import open_storage
 
 REFERENCE_BUDGET_S = 86400.0  # the reference study's 24 h

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from centaur.space import SearchSpace
+from centaur.study.schema import IDENTITY_ATTR  # noqa: F401  (the attribute this module's dict is stored in)
 from centaur.tasks.base import Task
-
-IDENTITY_ATTR = "identity"  # study user attribute: the StudyIdentity fields as a dict
 
 
 def space_fingerprint(space: SearchSpace) -> str:

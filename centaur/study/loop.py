@@ -19,28 +19,30 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, STATUS_ATTR
 from centaur.space import SearchSpace
 from centaur.study.attr_batch import set_user_attrs
 from centaur.study.durable import PendingResult, ResultJournal, StorageUnavailable, with_retries, write_result
-from centaur.study.identity import IDENTITY_ATTR, StudyIdentity
+from centaur.study.identity import StudyIdentity
 from centaur.study.lost import HEARTBEAT_S, close_lost_trials, close_trial_as_lost, owner_tag
 from centaur.study.param_batch import suggest_all
-from centaur.study.records import (
+from centaur.study.records import RunningSummary, StudySummary, is_success
+from centaur.study.schema import (
     ALIVE_ATTR,
+    CONFIG_ATTR,
     COST_ATTR,
+    IDENTITY_ATTR,
     OWNER_ATTR,
     SAMPLER_ATTR,
+    SOURCE_ATTR,
     STARTED_ATTR,
+    STATUS_ATTR,
     STUDY_BUDGET,
     STUDY_METHOD,
     STUDY_PENALTY,
     STUDY_SEED,
+    STUDY_SPACE,
     STUDY_TASK,
     WALL_ATTR,
-    RunningSummary,
-    StudySummary,
-    is_success,
 )
 from centaur.study.storage import open_storage
 from centaur.tasks.base import Task, TrialResult, TrialStatus
@@ -225,7 +227,7 @@ def open_study(
         study.set_user_attr(STUDY_SEED, seed)
         study.set_user_attr(STUDY_TASK, task.name)
         study.set_user_attr(STUDY_PENALTY, penalty)
-        study.set_user_attr("space", task.space.describe())
+        study.set_user_attr(STUDY_SPACE, task.space.describe())
         study.set_user_attr(IDENTITY_ATTR, identity.as_dict())
         if not study.get_trials(deepcopy=False):
             study.enqueue_trial(task.space.encode(task.space.defaults()), user_attrs={SOURCE_ATTR: "baseline"})

@@ -13,9 +13,19 @@ import optuna
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
-from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, STATUS_ATTR
 from centaur.study.attr_batch import set_trial_attrs
-from centaur.study.records import ALIVE_ATTR, COST_ATTR, OWNER_ATTR, STARTED_ATTR, WALL_ATTR
+from centaur.study.schema import (
+    ALIVE_ATTR,
+    CONFIG_ATTR,
+    COST_ATTR,
+    OWNER_ATTR,
+    RETRIES_ATTR,
+    RETRY_OF_ATTR,
+    SOURCE_ATTR,
+    STARTED_ATTR,
+    STATUS_ATTR,
+    WALL_ATTR,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +33,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = float(os.environ.get("CENTAUR_HEARTBEAT_S", "5"))
 # A worker on another host silent this long is presumed dead (same host: checked by pid at once).
 STALE_AFTER_S = float(os.environ.get("CENTAUR_STALE_AFTER_S", "120"))
-RETRY_OF_ATTR = "retry_of"
-RETRIES_ATTR = "retries"  # how many times this configuration was queued again after a loss
 MAX_BASELINE_RETRIES = 5
 
 

@@ -16,22 +16,24 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, STATUS_ATTR
+from centaur.study.schema import (  # noqa: F401  (re-exported: older imports name this module)
+    ALIVE_ATTR,
+    CONFIG_ATTR,
+    COST_ATTR,
+    OWNER_ATTR,
+    SAMPLER_ATTR,
+    SOURCE_ATTR,
+    STARTED_ATTR,
+    STATUS_ATTR,
+    STUDY_BUDGET,
+    STUDY_METHOD,
+    STUDY_PENALTY,
+    STUDY_SEED,
+    STUDY_TASK,
+    WALL_ATTR,
+)
 
-COST_ATTR = "cost_s"
-WALL_ATTR = "wall_s"
-SAMPLER_ATTR = "sampler_s"
-ALIVE_ATTR = "alive_at"
-STARTED_ATTR = "started_at"
-OWNER_ATTR = "owner"
 FEASIBLE_CONSTRAINT = "failed"
-
-# Study user attributes.
-STUDY_METHOD = "method"
-STUDY_SEED = "seed"
-STUDY_BUDGET = "budget_s"
-STUDY_TASK = "task"
-STUDY_PENALTY = "penalty"
 
 
 def status_of(t: FrozenTrial) -> str:

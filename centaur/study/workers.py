@@ -23,17 +23,24 @@ import optuna
 from centaur.methods.base import MethodContext, MethodError, create_sampler
 from centaur.paths import absolute_path, absolute_storage_url, study_dirname
 from centaur.study.durable import with_retries
-from centaur.study.identity import IDENTITY_ATTR, StudyIdentity
+from centaur.study.identity import StudyIdentity
 from centaur.study.loop import ProgressHook, StudyMismatch, TuneResult, check_writable, run_worker
 from centaur.study.lost import close_lost_trials
-from centaur.study.records import STUDY_BUDGET, STUDY_METHOD, STUDY_PENALTY, STUDY_SEED, summarize
+from centaur.study.records import summarize
+from centaur.study.schema import (
+    IDENTITY_ATTR,
+    SETTINGS_ATTR,
+    STUDY_BUDGET,
+    STUDY_METHOD,
+    STUDY_PENALTY,
+    STUDY_SEED,
+)
 from centaur.study.storage import open_storage
 from centaur.tasks.base import Task
 from centaur.tasks.spec import resolve_task
 
 log = logging.getLogger(__name__)
 
-SETTINGS_ATTR = "worker_settings"  # study user attribute: what a joining worker needs to rebuild the run
 SEQUENTIAL_METHODS = {"agent-code": "it edits the training script in one sequential loop"}
 MAX_RESTARTS = 3  # per worker slot, for workers killed by a signal we did not send
 

@@ -159,6 +159,7 @@ class LLMClient:
         self._model: str | None = self.settings.model
         self._format_mode = "json_schema" if self.settings.json_schema else "none"
         self._supports_n: bool | None = None
+        self._down = False  # the last request failed as unavailable: retry nothing until it answers again
         self._lock = threading.RLock()
         self._log_lock = threading.Lock()
         self._local = threading.local()
@@ -172,9 +173,16 @@ class LLMClient:
 
     @property
     def model(self) -> str:
-        self._connect()
-        assert self._model is not None
+        self._connect()  # returns only once the model is known (raises LLMError otherwise)
+        if self._model is None:  # pragma: no cover - _connect guarantees it
+            raise LLMRequestError(f"no model known for {self.base_url}; set llm.model / CENTAUR_LLM_MODEL")
         return self._model
+
+    @property
+    def endpoint_down(self) -> bool:
+        """Whether the last request found the endpoint unavailable (then the next requests get one attempt
+        each, without the SDK's retries, until the endpoint answers again)."""
+        return self._down
 
     @property
     def supports_n(self) -> bool | None:
@@ -190,50 +198,88 @@ class LLMClient:
         return self.settings.request_timeout_s(local=self.settings.base_url is None)
 
     def _connect(self) -> openai.OpenAI:
+        """The SDK client, once the endpoint's model is known. Two steps, each redone until it succeeds:
+        the HTTP client (and the local server), then the model name (listed when not configured). A
+        request that finds the endpoint down lists the models again the next time, instead of going on
+        with a connection that has no model."""
         with self._lock:
             if self._server is not None and not self._server.running:
                 self._server.start()  # first use, or it died (its log tells why; start() raises if it cannot)
                 self._sdk = None
-            if self._sdk is not None:
-                return self._sdk
-            base_url = self.settings.base_url
-            if base_url is None:
-                from centaur.llm.local import LocalServer
-
-                if self._server is None:
-                    self._server = LocalServer.from_settings(self.settings, log_dir=self._log_dir())
-                    self._owns_server = True
-                self._server.start()
-                base_url = self._server.base_url
-            if self._server is not None and self._server.kind == "llama-cpp-python":
-                # Known server: skip probing the OpenAI json_schema form it answers with HTTP 500.
-                if self._format_mode == "json_schema":
-                    self._format_mode = "json_object"
-                self._supports_n = False  # it ignores n
-            self._sdk = openai.OpenAI(
-                base_url=base_url,
-                api_key=self.settings.api_key or "not-needed",
-                timeout=self.timeout_s,
-                max_retries=self.settings.max_retries,
-            )
+            if self._sdk is None:
+                self._sdk = self._new_sdk()
             if self._model is None:
-                self._model = self._first_model(self._sdk, base_url)
+                self._model = self._first_model(self._sdk, self.base_url or "(local server)")
             return self._sdk
+
+    def _new_sdk(self) -> openai.OpenAI:
+        base_url = self.settings.base_url
+        if base_url is None:
+            from centaur.llm.local import LocalServer
+
+            if self._server is None:
+                self._server = LocalServer.from_settings(self.settings, log_dir=self._log_dir())
+                self._owns_server = True
+            self._server.start()
+            base_url = self._server.base_url
+        if self._server is not None and self._server.kind == "llama-cpp-python":
+            # Known server: skip probing the OpenAI json_schema form it answers with HTTP 500.
+            if self._format_mode == "json_schema":
+                self._format_mode = "json_object"
+            self._supports_n = False  # it ignores n
+        return openai.OpenAI(
+            base_url=base_url,
+            api_key=self.settings.api_key or "not-needed",
+            timeout=self.timeout_s,
+            max_retries=self.settings.max_retries,
+        )
 
     def _first_model(self, sdk: openai.OpenAI, base_url: str) -> str:
         if self._server is not None:
             return self._server.alias
+        attempts = self._attempts()
+        call = LLMCall(purpose="list-models", model="?", messages=[])
+        start = time.perf_counter()
         try:
-            models = [m.id for m in sdk.models.list()]
-        except openai.APIConnectionError as e:
-            raise LLMUnavailable(f"cannot reach the LLM endpoint {base_url}: {e}") from e
+            models = [m.id for m in self._retrying(sdk).models.list()]
+        except openai.APIConnectionError as e:  # also a timeout (APITimeoutError)
+            call.latency_s = time.perf_counter() - start
+            call.error = f"connection error: {e}"
+            self._record(call)
+            self._down = True
+            what = f"no answer within {self.timeout_s:g}s" if isinstance(e, openai.APITimeoutError) else (
+                f"{e.__cause__ or e}")
+            raise LLMUnavailable(
+                f"cannot reach the LLM endpoint {base_url} ({attempts} attempt{'s' if attempts > 1 else ''}): "
+                f"{what}; start the server, or set llm.base_url / CENTAUR_LLM_BASE_URL to one that runs"
+            ) from e
         except openai.APIStatusError as e:
+            call.latency_s = time.perf_counter() - start
+            call.error = f"HTTP {e.status_code}: {_short(e)}"
+            self._record(call)
+            if _unavailable_status(e.status_code):
+                self._down = True
+                raise LLMUnavailable(
+                    f"{base_url}/models: HTTP {e.status_code} after {attempts} attempt(s): {_short(e)}"
+                ) from e
+            self._down = False
             raise LLMRequestError(
                 f"{base_url}/models failed (HTTP {e.status_code}); set llm.model / CENTAUR_LLM_MODEL explicitly"
             ) from e
+        self._down = False
         if not models:
             raise LLMRequestError(f"{base_url} lists no models; set llm.model / CENTAUR_LLM_MODEL")
         return models[0]
+
+    def _attempts(self) -> int:
+        """HTTP attempts the next request gets: 1 while the endpoint is known to be down."""
+        return 1 if self._down else self.settings.max_retries + 1
+
+    def _retrying(self, sdk: openai.OpenAI) -> openai.OpenAI:
+        """The SDK client for the next request. While the endpoint is down (the last request failed as
+        unavailable after its retries) each request gets a single attempt: a dead endpoint is then noticed
+        in one connection or timeout per trial, not in the SDK's full retry cycle every time."""
+        return sdk.with_options(max_retries=0) if self._down else sdk
 
     def _log_dir(self) -> Path | None:
         return self.log_path.parent if self.log_path else None
@@ -354,38 +400,44 @@ class LLMClient:
             kwargs["extra_body"] = self.settings.extra_body
         if mode != "none" and schema is not None:
             kwargs["response_format"] = _response_format(mode, schema)
+        attempts = self._attempts()
         start = time.perf_counter()
         try:
-            response = sdk.chat.completions.create(**kwargs)
+            response = self._retrying(sdk).chat.completions.create(**kwargs)
         except openai.APIStatusError as e:
             call.latency_s = time.perf_counter() - start
             call.error = f"HTTP {e.status_code}: {_short(e)}"
             self._record(call)
-            if mode != "none" and _rejects_format(e):
+            if mode != "none" and _rejects_format(e):  # the server answered: it may refuse only the format
                 next_mode = FORMAT_MODES[FORMAT_MODES.index(mode) + 1]
                 try:
                     retry = self._one_call_mode(next_mode, messages, schema, n, temperature, top_p, max_tokens,
                                                 seed, purpose)
                 except LLMRequestError:
-                    raise self._status_error(e) from e  # not the format's fault: report the first error
+                    self._down = _unavailable_status(e.status_code)
+                    raise self._status_error(e, attempts) from e  # not the format's fault: report the first
                 return retry
-            raise self._status_error(e) from e
+            self._down = _unavailable_status(e.status_code)
+            raise self._status_error(e, attempts) from e
         except openai.APITimeoutError as e:
             call.latency_s = time.perf_counter() - start
-            call.error = f"timeout after {self.settings.max_retries + 1} attempts"
+            call.error = f"timeout after {attempts} attempt(s)"
             self._record(call)
+            self._down = True
             raise LLMUnavailable(
                 f"{purpose}: {self.base_url} gave no answer within {self.timeout_s:g}s "
-                f"({self.settings.max_retries + 1} attempts); raise llm.timeout_s or check the server"
+                f"({attempts} attempt{'s' if attempts > 1 else ''}); raise llm.timeout_s or check the server"
             ) from e
         except openai.APIConnectionError as e:
             call.latency_s = time.perf_counter() - start
             call.error = f"connection error: {e}"
             self._record(call)
+            self._down = True
             raise LLMUnavailable(
-                f"{purpose}: cannot connect to {self.base_url} ({self.settings.max_retries + 1} attempts): "
+                f"{purpose}: cannot connect to {self.base_url} ({attempts} attempt{'s' if attempts > 1 else ''}): "
                 f"{e.__cause__ or e}{self._server_hint()}"
             ) from e
+        self._down = False
         call.latency_s = time.perf_counter() - start
         if response.usage is not None:
             call.prompt_tokens = response.usage.prompt_tokens
@@ -410,11 +462,11 @@ class LLMClient:
             raise
         return call
 
-    def _status_error(self, e: openai.APIStatusError) -> LLMError:
+    def _status_error(self, e: openai.APIStatusError, attempts: int) -> LLMError:
         where = f"{self.base_url} (model {self._model})"
-        if e.status_code >= 500 or e.status_code in (408, 429):
+        if _unavailable_status(e.status_code):
             return LLMUnavailable(
-                f"{where}: HTTP {e.status_code} after {self.settings.max_retries + 1} attempts: {_short(e)}"
+                f"{where}: HTTP {e.status_code} after {attempts} attempt{'s' if attempts > 1 else ''}: {_short(e)}"
                 f"{self._server_hint()}"
             )
         return LLMRequestError(f"{where}: HTTP {e.status_code}: {_short(e)}")
@@ -472,6 +524,11 @@ def _response_format(mode: str, schema: dict[str, Any]) -> dict[str, Any]:
     if mode == "json_schema":
         return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": False}}
     return {"type": "json_object", "schema": schema}
+
+
+def _unavailable_status(status: int) -> bool:
+    """HTTP statuses that mean the endpoint cannot serve now (overloaded, down behind a proxy), not a bad request."""
+    return status >= 500 or status in (408, 429)
 
 
 def _rejects_format(e: openai.APIStatusError) -> bool:

@@ -54,6 +54,7 @@ CMA_PROPOSAL_ATTR = "cma_proposal"
 class CentaurSampler(LLMSampler):
     method = "centaur"
     default_fallback = "cmaes"
+    turns = "LLM turns"  # only the schedule's LLM turns ask the endpoint
     options_known = LLMSampler.options_known | CMAES_OPTIONS | {
         "llm_ratio", "llm_warmup", "llm_trials", "cma_state", "backend", "failed_llm", "duplicates",
         "history", "best_k", "temperature",
@@ -92,6 +93,10 @@ class CentaurSampler(LLMSampler):
         self.failed_llm = failed_llm
         self.name = "centaur"
 
+    @property
+    def fallback_label(self) -> str:
+        return "CMA-ES"
+
     def _check_fallback(self) -> None:
         if self.fallback not in ("cmaes", "error"):
             raise MethodError(f"centaur: fallback is CMA-ES's own proposal ('cmaes') or 'error', not {self.fallback!r}")
@@ -121,13 +126,11 @@ class CentaurSampler(LLMSampler):
         else:  # a fallback or a veto: CMA-ES's own proposal runs and is told as its own
             self.cma.accept_own(study, trial, handle)
         self._record(study, trial, outcome, tracker, error, propose_s)
-        if outcome.source == "llm-error":
+        if outcome.source == "llm-error":  # as in LLMSampler: the limit of unreachable turns, or fallback=error
             assert error is not None
-            raise LLMUnavailable(
-                f"centaur: the LLM failed ({error}); with fallback=error, or after "
-                f"{self._unavailable_in_row} unreachable turns in a row, the study stops instead of "
-                "silently becoming CMA-ES. Fix the endpoint and run again to resume."
-            ) from error
+            if self.fallback != "error":
+                raise LLMUnavailable(self.stop_message(error)) from error
+            raise error
         return self._params(outcome.config, search_space)
 
     def _params(self, config: dict[str, Any], search_space: dict[str, BaseDistribution]) -> dict[str, Any]:

@@ -186,6 +186,7 @@ def client_for(ctx: MethodContext) -> LLMClient:
 
 
 FALLBACKS = ("error", "random", "tpe")
+FALLBACK_REDRAWS = 20  # seeded random redraws of a fallback configuration that repeats an earlier trial
 
 
 class LLMSampler(BaseSampler):
@@ -201,6 +202,7 @@ class LLMSampler(BaseSampler):
     method = "llm"
     default_fallback = "tpe"
     records_source = True  # every trial's proposal_source is written here, not by the worker loop
+    turns = "trials"  # what max_unavailable_in_row counts, for messages
     options_known: frozenset[str] = frozenset({"metric", "fallback", "max_unavailable_in_row"})
 
     def __init__(self, ctx: MethodContext, client: LLMClient | None = None) -> None:
@@ -244,15 +246,12 @@ class LLMSampler(BaseSampler):
             outcome = Outcome(config={}, source="llm-error" if fatal else f"llm-fallback:{self.fallback}",
                               detail=detail)
             if not fatal:
-                params = self._fallback_params(study, trial, search_space)
+                params, outcome.repairs = self._fallback_params(study, trial, search_space, history)
         self._record(study, trial, outcome, tracker, error, propose_s)
         if outcome.source == "llm-error":
             assert error is not None
             if self.fallback != "error":
-                raise LLMUnavailable(
-                    f"{self.method}: the LLM endpoint failed {self._unavailable_in_row} trials in a row "
-                    f"(last: {error}); fix the endpoint, or raise options.max_unavailable_in_row"
-                ) from error
+                raise LLMUnavailable(self.stop_message(error)) from error
             raise error
         return {k: v for k, v in params.items() if k in search_space}
 
@@ -281,6 +280,15 @@ class LLMSampler(BaseSampler):
         """After a failed proposal: stop (fallback "error", or too many unreachable turns in a row)?"""
         return self.fallback == "error" or (0 < self.max_unavailable <= self._unavailable_in_row)
 
+    def stop_message(self, error: LLMError) -> str:
+        """Why the study stops after `max_unavailable_in_row` unreachable turns, and what to do about it."""
+        return (
+            f"{self.method}: the LLM endpoint {self.client.base_url or '(local server)'} failed "
+            f"{self._unavailable_in_row} {self.turns} in a row (last: {error}); the study stops instead of "
+            f"silently becoming {self.fallback_label}. Fix the endpoint (llm.base_url / CENTAUR_LLM_BASE_URL) "
+            "and run the same command again to resume, or raise options.max_unavailable_in_row (0: never stop)."
+        )
+
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
@@ -292,6 +300,10 @@ class LLMSampler(BaseSampler):
         raise NotImplementedError
 
     # -- fallback --------------------------------------------------------------------------------
+    @property
+    def fallback_label(self) -> str:
+        return f"the fallback method ({self.fallback})"
+
     def _check_fallback(self) -> None:
         if self.fallback in FALLBACKS:
             return
@@ -304,13 +316,30 @@ class LLMSampler(BaseSampler):
             )
 
     def _fallback_params(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution], history: History
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The fallback's params for `trial`, and notes. The draw is seeded by (seed, trial number), never
+        by a stream that restarts with the process: a resumed study must not replay the configurations its
+        earlier fallback trials ran. A draw that still repeats an evaluated or running configuration is
+        replaced by a seeded random one (noted)."""
         if self.fallback == "random":
             sampler: BaseSampler = RandomSampler(seed=trial_seed(self.seed, trial.number, "fallback"))
         else:
             sampler = self._partner_sampler()
-        return sample_with(sampler, study, trial, search_space)
+            sampler.before_trial(study, trial)  # Optuna does not call it on a partner: per-trial reseeding is here
+        params = sample_with(sampler, study, trial, search_space)
+        notes: list[str] = []
+        if not all(p.key in params for p in self.space):
+            return params, notes
+        seen = history.seen(self.space)
+        for attempt in range(FALLBACK_REDRAWS):
+            twin = seen.get(self.space.key_of(self.space.decode(params)))
+            if twin is None:
+                break
+            notes.append(f"fallback draw repeated trial {twin}: redrawn at random")
+            config = random_config(self.space, study, trial, self.seed, f"fallback-redraw{attempt}")
+            params = {**params, **{k: v for k, v in self.space.encode(config).items() if k in search_space}}
+        return params, notes
 
     def _partner_sampler(self) -> BaseSampler:
         if self._partner is None:
@@ -322,7 +351,9 @@ class LLMSampler(BaseSampler):
                                             run_dir=self._ctx.run_dir)
                 self._partner = _REGISTRY[self.fallback][0](partner_ctx)
             else:  # "tpe" before the classical methods are registered
-                self._partner = TPESampler(seed=self.seed)
+                from centaur.methods.seeding import PerTrialSeeded
+
+                self._partner = PerTrialSeeded(TPESampler(seed=self.seed), self.seed, "tpe")
         return self._partner
 
     # -- records ---------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import centaur
-from centaur.methods.catcma import GEN_ATTR, STATE_ATTR
+from centaur.methods.cmaes.sampler import GEN_ATTR, STATE_ATTR
 
 QUAD = Path(__file__).parent / "fixtures" / "quadratic" / "train.py"
 
@@ -36,7 +36,7 @@ def test_cmaes_same_seed_same_sequence(tmp_path: Path) -> None:
 def test_cmaes_uses_every_result_when_parallel_trials_finish_out_of_order() -> None:
     import optuna
 
-    from centaur.methods.catcma import TOLD, CatCmaSampler
+    from centaur.methods.cmaes.sampler import TOLD, CatCmaSampler
     from centaur.space import Param, SearchSpace
 
     space = SearchSpace((Param("X", "float", 0.5, low=0.0, high=1.0), Param("N", "int", 3, low=1, high=8)))

@@ -18,8 +18,8 @@ from fake_llm_server import FakeLLMServer
 import centaur
 from centaur.llm import LLMClient, LLMSettings
 from centaur.methods.base import MethodContext, create_sampler
-from centaur.methods.catcma import EXTERNAL_ATTR, GEN_ATTR, STATE_ATTR, CatCmaSampler
-from centaur.methods.centaur_schedule import LLMSchedule
+from centaur.methods.centaur.schedule import LLMSchedule
+from centaur.methods.cmaes.sampler import EXTERNAL_ATTR, GEN_ATTR, STATE_ATTR, CatCmaSampler
 from centaur.space import Param, SearchSpace, reference_space
 from centaur.tasks.base import TrialResult, TrialStatus
 
@@ -234,10 +234,10 @@ def test_prompt_for_14_parameters_at_trial_300_fits_its_budget(tmp_path):
         trial = study.ask()
         frozen = study._storage.get_trial(trial._trial_id)
         own, handle = sampler.cma.propose(study, frozen)
-        history = centaur.methods.llm_common.read_history(study, space, exclude=trial.number)
+        history = centaur.methods.llm.common.read_history(study, space, exclude=trial.number)
         prompt = sampler.prompt(study, history, own, handle)
         # The next turn, three trials later: its prompt repeats this one up to the end of the table.
-        later = centaur.methods.llm_common.History(history.finished + [history.finished[-1]] * 0, [])
+        later = centaur.methods.llm.common.History(history.finished + [history.finished[-1]] * 0, [])
         for i in range(3):
             o = history.finished[i]
             later.finished.append(type(o)(300 + i, o.config, o.status, o.value))
@@ -263,7 +263,7 @@ def test_prompt_for_14_parameters_at_trial_300_fits_its_budget(tmp_path):
     for o in best:
         assert (f"{o.number} ({o.value:.4g})" in section) == (o.number in numbers)
         assert (sampler.table_row(o) in section) == (o.number not in numbers)
-    moved = centaur.methods.llm_common.History(
+    moved = centaur.methods.llm.common.History(
         [*history.finished[:290], type(best[0])(290, best[0].config, "ok", best[0].value - 0.01),
          *history.finished[291:]], [])  # fmt: skip
     section = sampler.prompt(study, moved, own, handle).split("## Best 5 so far")[1].split("## Failures")[0]
@@ -272,7 +272,7 @@ def test_prompt_for_14_parameters_at_trial_300_fits_its_budget(tmp_path):
 
 
 def test_history_window_moves_in_whole_blocks():
-    from centaur.methods.centaur_sampler import block_start
+    from centaur.methods.centaur.sampler import block_start
 
     assert [block_start(n, 20) for n in (0, 5, 19, 20, 29, 30, 39, 40, 41, 50)] == [0, 0, 0, 0, 0, 10, 10, 20, 20, 30]
     assert all(20 <= n - block_start(n, 20) <= 29 for n in range(20, 400))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from centaur.methods.failure_regions import failure_summary
+from centaur.methods.centaur.failure_regions import failure_summary
 from centaur.space import Param, SearchSpace
 
 SPACE = SearchSpace((

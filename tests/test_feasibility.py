@@ -13,8 +13,8 @@ from fake_llm_server import FakeLLMServer
 from test_centaur import OPTIMUM, Bowl, client_for
 
 import centaur
-from centaur.methods.catcma import CatCmaSampler
-from centaur.methods.feasibility import FailureModel
+from centaur.methods.cmaes.feasibility import FailureModel
+from centaur.methods.cmaes.sampler import CatCmaSampler
 from centaur.space import Param, SearchSpace
 from centaur.tasks.base import TrialResult, TrialStatus
 

@@ -28,7 +28,7 @@ from centaur.agentcode.sandbox import network_isolation, reported_lines, run_iso
 from centaur.llm import LLMClient, LLMError, LLMUnavailable
 from centaur.llm.local import LLMSetupError
 from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, MethodContext, MethodError
-from centaur.methods.llm_common import client_for
+from centaur.methods.llm.common import client_for
 from centaur.runner.outcome import classify, parse_metrics
 from centaur.space.extract import find_assignments
 from centaur.study.loop import (

@@ -69,7 +69,7 @@ def create_sampler(name: str, ctx: MethodContext) -> BaseSampler:
 def _load_builtin_methods() -> None:
     import importlib
 
-    for module in ("classical", "catcma", "smac_sampler", "llm_methods", "centaur_sampler", "agent_code"):
+    for module in ("classical", "cmaes.sampler", "smac_sampler", "llm.samplers", "centaur.sampler", "agent_code"):
         try:
             importlib.import_module(f"centaur.methods.{module}")
         except ModuleNotFoundError as e:  # a module of a method not built yet, or an optional extra missing

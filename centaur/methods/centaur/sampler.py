@@ -29,11 +29,11 @@ from centaur.llm import (
     validate_proposal,
 )
 from centaur.methods.base import SOURCE_ATTR, MethodContext, MethodError, option_flag, register, set_trial_attr
-from centaur.methods.catcma import CMAES_OPTIONS, FAILURE_POLICIES, catcma_from_options
-from centaur.methods.centaur_cma import CmaBackend, OptunaCmaBackend, OurCmaBackend
-from centaur.methods.centaur_schedule import LLMSchedule
-from centaur.methods.failure_regions import failure_summary
-from centaur.methods.llm_common import (
+from centaur.methods.centaur.backends import CmaBackend, OptunaCmaBackend, OurCmaBackend
+from centaur.methods.centaur.failure_regions import failure_summary
+from centaur.methods.centaur.schedule import LLMSchedule
+from centaur.methods.cmaes.sampler import CMAES_OPTIONS, FAILURE_POLICIES, catcma_from_options
+from centaur.methods.llm.common import (
     SYSTEM_PROMPT,
     History,
     LLMSampler,

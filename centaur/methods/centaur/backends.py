@@ -14,8 +14,8 @@ from optuna.samplers import CmaEsSampler
 from optuna.trial import FrozenTrial
 
 from centaur.methods.base import seeded_random_value, trial_seed
-from centaur.methods.catcma import CatCmaSampler
-from centaur.methods.cma_view import CmaView, build_view
+from centaur.methods.centaur.view import CmaView, build_view
+from centaur.methods.cmaes.sampler import CatCmaSampler
 from centaur.space import SearchSpace
 
 

@@ -30,7 +30,7 @@ from centaur.llm import (
     validate_proposal,
 )
 from centaur.methods.base import MethodContext, MethodError, register
-from centaur.methods.llm_common import (
+from centaur.methods.llm.common import (
     SYSTEM_PROMPT,
     History,
     LLMSampler,

@@ -32,7 +32,7 @@ from centaur.methods.base import (
     trial_seed,
     typed_option,
 )
-from centaur.methods.feasibility import THRESHOLD, FailureModel
+from centaur.methods.cmaes.feasibility import THRESHOLD, FailureModel
 from centaur.space import Param, SearchSpace
 from centaur.study.attr_batch import set_trial_attrs
 

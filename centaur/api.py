@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from centaur.methods.base import MethodContext, create_sampler
+from centaur.methods.base import MethodContext, create_sampler, method_info
 from centaur.paths import absolute_path, absolute_storage_url, study_dirname
 from centaur.study.loop import DEFAULT_BUDGET_S, ProgressHook, TuneResult, open_study, run_worker, study_budget
 from centaur.study.schema import STUDY_PENALTY
@@ -97,7 +97,7 @@ def tune(
     from centaur.study.workers import check_parallel_method
 
     check_parallel_method(method, workers)
-    if method == "agent-code":  # edits the script itself: its own loop, not a sampler
+    if method_info(method).own_loop:  # agent-code edits the script itself: its own loop, not a sampler
         from centaur.agentcode.loop import tune_agent_code
 
         return tune_agent_code(

@@ -35,12 +35,25 @@ class MethodContext:
 
 
 MethodFactory = Callable[[MethodContext], BaseSampler]
-_REGISTRY: dict[str, tuple[MethodFactory, str]] = {}
 
 
-def register(name: str, summary: str) -> Callable[[MethodFactory], MethodFactory]:
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    factory: MethodFactory
+    summary: str
+    sequential: str | None = None  # why it cannot share a study with other workers (None: it can)
+    own_loop: bool = False  # not a sampler: `centaur.tune` runs the method's own loop
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+
+
+def register(
+    name: str, summary: str, *, sequential: str | None = None, own_loop: bool = False
+) -> Callable[[MethodFactory], MethodFactory]:
     def deco(factory: MethodFactory) -> MethodFactory:
-        _REGISTRY[name] = (factory, summary)
+        _REGISTRY[name] = MethodInfo(name, factory, summary, sequential, own_loop)
         return factory
 
     return deco
@@ -48,15 +61,21 @@ def register(name: str, summary: str) -> Callable[[MethodFactory], MethodFactory
 
 def available_methods() -> dict[str, str]:
     _load_builtin_methods()
-    return {name: summary for name, (_, summary) in sorted(_REGISTRY.items())}
+    return {name: info.summary for name, info in sorted(_REGISTRY.items())}
 
 
-def create_sampler(name: str, ctx: MethodContext) -> BaseSampler:
+def method_info(name: str) -> MethodInfo:
+    """The registered method `name`; the one place an unknown name is refused."""
     _load_builtin_methods()
     if name not in _REGISTRY:
         raise MethodError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def create_sampler(name: str, ctx: MethodContext) -> BaseSampler:
+    info = method_info(name)
     try:
-        return _REGISTRY[name][0](ctx)
+        return info.factory(ctx)
     except MethodError:
         raise
     except (ValueError, TypeError) as e:

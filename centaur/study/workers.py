@@ -20,7 +20,7 @@ from typing import Any
 
 import optuna
 
-from centaur.methods.base import MethodContext, MethodError, create_sampler
+from centaur.methods.base import MethodContext, MethodError, create_sampler, method_info
 from centaur.paths import absolute_path, absolute_storage_url, study_dirname
 from centaur.study.durable import with_retries
 from centaur.study.identity import StudyIdentity
@@ -41,7 +41,6 @@ from centaur.tasks.spec import resolve_task
 
 log = logging.getLogger(__name__)
 
-SEQUENTIAL_METHODS = {"agent-code": "it edits the training script in one sequential loop"}
 MAX_RESTARTS = 3  # per worker slot, for workers killed by a signal we did not send
 
 
@@ -50,9 +49,10 @@ class WorkerError(ValueError):
 
 
 def check_parallel_method(method: str, workers: int) -> None:
-    if workers > 1 and method in SEQUENTIAL_METHODS:
+    why = method_info(method).sequential
+    if workers > 1 and why:
         raise MethodError(
-            f"{method} cannot run with --workers: {SEQUENTIAL_METHODS[method]}. Run one `centaur tune` per GPU "
+            f"{method} cannot run with --workers: {why}. Run one `centaur tune` per GPU "
             "instead (CUDA_VISIBLE_DEVICES=K centaur tune ... --seed K), each with its own study"
         )
 

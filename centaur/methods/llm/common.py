@@ -343,13 +343,12 @@ class LLMSampler(BaseSampler):
 
     def _partner_sampler(self) -> BaseSampler:
         if self._partner is None:
-            from centaur.methods.base import _REGISTRY, _load_builtin_methods
+            from centaur.methods.base import available_methods, create_sampler
 
-            _load_builtin_methods()
-            if self.fallback in _REGISTRY and self.fallback not in (self.method,):
+            if self.fallback in available_methods() and self.fallback not in (self.method,):
                 partner_ctx = MethodContext(space=self.space, seed=self.seed, penalty=self.penalty,
                                             run_dir=self._ctx.run_dir)
-                self._partner = _REGISTRY[self.fallback][0](partner_ctx)
+                self._partner = create_sampler(self.fallback, partner_ctx)
             else:  # "tpe" before the classical methods are registered
                 from centaur.methods.seeding import PerTrialSeeded
 

@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial
 
 from centaur.methods.base import seeded_random_value, trial_seed
 from centaur.methods.centaur.view import CmaView, build_view
+from centaur.methods.cmaes import library
 from centaur.methods.cmaes.sampler import CatCmaSampler
 from centaur.space import SearchSpace
 
@@ -38,7 +39,7 @@ def _offset_perturb(cma: CatCmaSampler, config: dict[str, Any], mean: np.ndarray
     nf = len(cma.floats)
     for scale in (1.0, 2.0, 4.0):
         for draw in draws:
-            v = base._v_raw + scale * (draw - mean)
+            v = library.raw_sample(base) + scale * (draw - mean)
             x = np.clip(v[:nf], 0.0, 1.0) if nf else None
             z = v[nf:] if cma.ints else None
             candidate = cma.decode(CatCMAwM.Solution(x, z, base.c, v))
@@ -72,13 +73,13 @@ class OurCmaBackend:
         if opt.generation == 0:
             return None
         cma = self.cma
-        a = opt._A
-        cov = opt._C * np.outer(a, a)  # what it samples from: sigma^2 * A C A
+        dist = library.distribution(opt)
+        cov = dist.cov  # what it samples from: sigma^2 * A C A
         nf = len(cma.floats)
-        mean = np.array(opt._mean, dtype=float)
+        mean = dist.mean
         categorical, c = {}, None
-        if cma.cats:
-            q = np.array(opt._q)
+        if cma.cats and dist.categorical is not None:
+            q = dist.categorical
             categorical = {p.name: {ch: float(q[i, j]) for j, ch in enumerate(p.choices)}
                            for i, p in enumerate(cma.cats)}
             c = np.zeros_like(q, dtype=bool)
@@ -86,7 +87,7 @@ class OurCmaBackend:
                 c[i, int(np.argmax(q[i, : len(p.choices)]))] = True
         mean_config = cma.decode(CatCMAwM.Solution(np.clip(mean[:nf], 0, 1) if nf else None,
                                                    mean[nf:] if cma.ints else None, c, mean))
-        return build_view(params=cma.numeric, mean_unit=mean, cov_unit=cov, sigma=opt._sigma, sigma0=cma.sigma0,
+        return build_view(params=cma.numeric, mean_unit=mean, cov_unit=cov, sigma=dist.sigma, sigma0=cma.sigma0,
                           generation=opt.generation, from_unit=cma.from_unit, mean_config=mean_config,
                           categorical=categorical)
 
@@ -94,13 +95,9 @@ class OurCmaBackend:
                 rejected: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
         sol, opt, number = handle
         rng = np.random.RandomState(trial_seed(self.cma.seed, number, "centaur-perturb") % (2**32 - 1))
-        saved = opt._rng
-        opt._rng = rng
-        try:
-            draws = [sol._v_raw] + [opt.ask()._v_raw for _ in range(4)]
-        finally:
-            opt._rng = saved
-        return _offset_perturb(self.cma, config, np.array(opt._mean), draws, rejected)
+        with library.drawing_with(opt, rng):
+            draws = [library.raw_sample(sol)] + [library.raw_sample(opt.ask()) for _ in range(4)]
+        return _offset_perturb(self.cma, config, library.distribution(opt).mean, draws, rejected)
 
     def predicted_oom(self, config: dict[str, Any]) -> float | None:
         """P(OOM) of `config` if the failure model (fitted at this trial's proposal) predicts it fails."""

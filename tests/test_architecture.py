@@ -110,3 +110,11 @@ def _cmaes_private() -> tuple[str, ...]:
     from centaur.methods.cmaes import library
 
     return library.OPTIMIZER_ATTRS + library.SOLUTION_ATTRS
+
+
+def test_private_parts_of_optuna_are_touched_in_one_module() -> None:
+    names = "storage|study_id|trial_id|suggest|cached_frozen_trial|backend"
+    private = re.compile(rf"\._(?:{names})\b|from optuna[\w.]*\._\w")
+    allowed = {PACKAGE / "study" / "optuna_private.py"}
+    offenders = [p for p in PACKAGE.rglob("*.py") if p not in allowed and private.search(p.read_text())]
+    assert offenders == []

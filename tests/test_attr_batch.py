@@ -10,7 +10,7 @@ import optuna
 import pytest
 import sqlalchemy
 
-from centaur.study.attr_batch import set_trial_attrs, set_user_attrs
+from centaur.study.optuna_private import set_trial_attrs, set_user_attrs
 from centaur.study.storage import StorageError, open_storage
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"

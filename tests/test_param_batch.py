@@ -43,7 +43,7 @@ def test_batched_parameters_are_optunas_own_values_in_fewer_statements(tmp_path:
 
 
 def test_a_retried_proposal_keeps_what_was_written(tmp_path: Path):
-    from centaur.study.param_batch import suggest_all
+    from centaur.study.optuna_private import suggest_all
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", sampler=optuna.samplers.RandomSampler(0))
     trial = study.ask()

@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial
 from centaur.bench.grid import COMPLETE_ATTR, SECONDS_ATTR, BenchError, Cell, grid
 from centaur.bench.tasks import TaskSpec, load_task, prepare_task
 from centaur.paths import absolute_path, absolute_storage_url
+from centaur.study import optuna_private as op
 from centaur.study.records import STUDY_BUDGET, STUDY_TASK, StudySummary
 from centaur.study.storage import open_storage
 from centaur.units import parse_duration
@@ -315,7 +316,7 @@ def run_cell(job: CellJob, report: Callable[..., None] | None = None) -> CellOut
     if job.storage is None:
         outcome.trials = study.get_trials(deepcopy=False)
         outcome.user_attrs = dict(study.user_attrs)
-        outcome.system_attrs = dict(study._storage.get_study_system_attrs(study._study_id))
+        outcome.system_attrs = dict(op.study_system_attrs(study))
     else:  # mark in place; seconds add up over resumed runs
         study.set_user_attr(SECONDS_ATTR, float(study.user_attrs.get(SECONDS_ATTR, 0.0)) + seconds)
         if complete:
@@ -331,7 +332,7 @@ def _store(outcome: CellOutcome, storage: str | BaseStorage) -> float:
     for key, value in outcome.user_attrs.items():
         study.set_user_attr(key, value)
     for key, value in outcome.system_attrs.items():
-        st.set_study_system_attr(study._study_id, key, value)
+        st.set_study_system_attr(op.study_id(study), key, value)
     study.add_trials(outcome.trials or [])
     study.set_user_attr(SECONDS_ATTR, outcome.seconds)
     study.set_user_attr(COMPLETE_ATTR, True)

@@ -14,6 +14,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from centaur.space import SearchSpace
+from centaur.study import optuna_private as op
 from centaur.study.schema import CONFIG_ATTR, SOURCE_ATTR, STATUS_ATTR  # noqa: F401  (every method reads them)
 
 
@@ -138,4 +139,4 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 def set_trial_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
     """Write a user attribute to a trial that is being sampled (samplers get FrozenTrials)."""
-    study._storage.set_trial_user_attr(trial._trial_id, key, value)
+    op.set_trial_user_attr(study, trial, key, value)

@@ -9,10 +9,10 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
-from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.trial import FrozenTrial, TrialState
 
 from centaur.methods.base import trial_seed
+from centaur.study.optuna_private import LazyRandomState
 
 
 def _reseed(obj: Any, seed: int, number: int, path: str = "", depth: int = 0) -> None:

@@ -45,6 +45,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from centaur.methods.base import STATUS_ATTR, MethodContext, MethodError, register, seeded_random_value
 from centaur.space import Param, SearchSpace
+from centaur.study import optuna_private as op
 
 if TYPE_CHECKING:
     from ConfigSpace import Configuration, ConfigurationSpace
@@ -185,7 +186,7 @@ class SmacSampler(BaseSampler):
 
     # -- SMAC instance -----------------------------------------------------------------------------
     def _facade(self, study: optuna.Study) -> Any:
-        key = (study.study_name, study._study_id)
+        key = (study.study_name, op.study_id(study))
         if self._smac is not None and self._study_key == key:
             return self._smac
         from ConfigSpace import Constant
@@ -308,7 +309,7 @@ class SmacSampler(BaseSampler):
 
         smac = self._facade(study)
         self._sync(study, trial.number)
-        storage = study._storage
+        storage = op.storage_of(study)
         for _ in range(MAX_DUPLICATE_ASKS):
             try:
                 info = smac.ask()
@@ -319,7 +320,7 @@ class SmacSampler(BaseSampler):
             if self._seed_key is None:
                 self._seed_key = info.seed
             params = {p.key: _python(info.config[p.key]) for p in self.space}
-            storage.set_trial_system_attr(trial._trial_id, PROPOSAL_ATTR, params)
+            storage.set_trial_system_attr(op.trial_id(trial), PROPOSAL_ATTR, params)
             if not self._taken(study, trial, params):
                 break
             # Another trial has this configuration: its result will be told when it finishes.
@@ -329,7 +330,7 @@ class SmacSampler(BaseSampler):
             )
             return {}
         self._asked[trial.number] = info
-        storage.set_trial_system_attr(trial._trial_id, ORIGIN_ATTR, str(info.config.origin))
+        storage.set_trial_system_attr(op.trial_id(trial), ORIGIN_ATTR, str(info.config.origin))
         return params
 
     def sample_independent(

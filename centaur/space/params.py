@@ -21,6 +21,7 @@ from optuna.distributions import (
 )
 
 from centaur.space.constraints import Constraint
+from centaur.study import optuna_private as op
 
 ParamKind = Literal["float", "int", "pow2", "categorical"]
 KINDS: tuple[str, ...] = ("float", "int", "pow2", "categorical")
@@ -207,7 +208,7 @@ class SearchSpace:
         """Ask every parameter of `trial` (in space order) and return the decoded configuration."""
         config = {}
         for p in self.params:
-            raw = trial._suggest(p.key, p.distribution)  # one call path for every distribution type
+            raw = op.suggest_raw(trial, p.key, p.distribution)  # one call path for every distribution type
             config[p.name] = p.decode(raw)
         return config
 

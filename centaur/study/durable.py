@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
-from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.trial import TrialState
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from centaur.study.attr_batch import set_trial_attrs
+from centaur.study import optuna_private as op
+from centaur.study.optuna_private import set_trial_attrs
 from centaur.study.records import FEASIBLE_CONSTRAINT
 
 log = logging.getLogger(__name__)
@@ -156,12 +156,12 @@ class ResultJournal:
 def write_result(study: optuna.Study, r: PendingResult) -> None:
     """Write a finished trial idempotently: a retry after a write that did reach the database, or a
     replay of a result that is already in, changes nothing."""
-    storage = study._storage
+    storage = op.storage_of(study)
 
     def attempt() -> None:
         # No read first: the write itself refuses a finished trial, and writing again what a dropped
         # connection already wrote is harmless (upserts; the tell skips a finished trial).
-        key = f"{_CONSTRAINTS_KEY}:{FEASIBLE_CONSTRAINT}"
+        key = op.constraint_key(FEASIBLE_CONSTRAINT)
         try:
             set_trial_attrs(storage, r.trial_id, user_attrs=r.user_attrs,
                             system_attrs={key: float(r.constraint)} if r.constraint is not None else None)  # fmt: skip

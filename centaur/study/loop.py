@@ -20,11 +20,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from centaur.space import SearchSpace
-from centaur.study.attr_batch import set_user_attrs
+from centaur.study import optuna_private as op
 from centaur.study.durable import PendingResult, ResultJournal, StorageUnavailable, with_retries, write_result
 from centaur.study.identity import StudyIdentity
 from centaur.study.lost import HEARTBEAT_S, close_lost_trials, close_trial_as_lost, owner_tag
-from centaur.study.param_batch import suggest_all
+from centaur.study.optuna_private import set_user_attrs, suggest_all
 from centaur.study.records import RunningSummary, StudySummary, is_success
 from centaur.study.schema import (
     ALIVE_ATTR,
@@ -105,7 +105,7 @@ class TuneResult:
         return self.summary.best_config
 
 
-class _StopFlag:
+class StopFlag:
     """First SIGTERM/SIGINT: finish and record the running trial, then stop. Second: abort it now."""
 
     def __init__(self) -> None:
@@ -142,10 +142,10 @@ class _StopFlag:
 def _persistent(study: optuna.Study) -> bool:
     """False for an in-memory study (simulated benchmarks): no other process can see it, so heartbeats
     and the local copy of unwritten results would only cost time."""
-    return not isinstance(study._storage, optuna.storages.InMemoryStorage)
+    return not isinstance(op.storage_of(study), optuna.storages.InMemoryStorage)
 
 
-class _Heartbeat:
+class Heartbeat:
     """Writes `alive_at` on the running trial so others can tell a dead worker and its real cost."""
 
     def __init__(self, study: optuna.Study, trial_id: int) -> None:
@@ -155,9 +155,9 @@ class _Heartbeat:
     def _run(self, study: optuna.Study, trial_id: int) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             with contextlib.suppress(Exception):  # a missed beat only makes a lost trial's cost coarser
-                study._storage.set_trial_user_attr(trial_id, ALIVE_ATTR, time.time())
+                op.storage_of(study).set_trial_user_attr(trial_id, ALIVE_ATTR, time.time())
 
-    def __enter__(self) -> _Heartbeat:
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -343,7 +343,7 @@ def run_worker(
     replayed = journal.replay(study, write_result) if journal is not None else []
     if replayed:
         log.warning("wrote %d result(s) kept locally by an earlier worker: trials %s", len(replayed), replayed)
-    stop = _StopFlag()
+    stop = StopFlag()
     started_here = 0
     summarize_here = RunningSummary()
     summary = with_retries(lambda: summarize_here(study), "reading the study")
@@ -438,12 +438,12 @@ def _run_one(
     started = time.monotonic()
     disk_error: OSError | None = None
     try:
-        with _Heartbeat(study, trial._trial_id) if _persistent(study) else contextlib.nullcontext():
+        with Heartbeat(study, op.trial_id(trial)) if _persistent(study) else contextlib.nullcontext():
             result = task.evaluate(config, trial_number=trial.number, run_dir=run_dir)
     except KeyboardInterrupt:
         # Aborted by a second stop signal: the trial is lost (its cost counted) and queued for a retry.
         elapsed = time.monotonic() - started
-        frozen = with_retries(lambda: study._storage.get_trial(trial._trial_id), "reading a trial")
+        frozen = with_retries(lambda: op.read_trial(study, trial), "reading a trial")
         with_retries(lambda: close_trial_as_lost(study, frozen, elapsed, "interrupted"), "closing a lost trial")
         raise
     except OSError as e:
@@ -462,13 +462,13 @@ def _run_one(
             check_writable(run_dir)
         except RunDirError as e:
             elapsed = time.monotonic() - started
-            frozen = with_retries(lambda: study._storage.get_trial(trial._trial_id), "reading a trial")
+            frozen = with_retries(lambda: op.read_trial(study, trial), "reading a trial")
             why = f"run directory not writable: {disk_error or result.error}"
             with_retries(lambda: close_trial_as_lost(study, frozen, elapsed, why), "closing a lost trial")
             raise e from None
     record_result(study, trial, result, penalty, journal=journal)
     if progress:
-        return with_retries(lambda: study._storage.get_trial(trial._trial_id), "reading a trial"), result
+        return with_retries(lambda: op.read_trial(study, trial), "reading a trial"), result
     return trial, result
 
 
@@ -503,7 +503,7 @@ def record_result(
     lost = result.status is TrialStatus.LOST
     pending = PendingResult(
         study_name=study.study_name,
-        trial_id=trial._trial_id,
+        trial_id=op.trial_id(trial),
         number=trial.number,
         state="FAIL" if lost else "COMPLETE",
         value=None if lost else (float(result.value) if ok else float(penalty)),

@@ -13,7 +13,8 @@ import optuna
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
-from centaur.study.attr_batch import set_trial_attrs
+from centaur.study import optuna_private as op
+from centaur.study.optuna_private import set_trial_attrs
 from centaur.study.schema import (
     ALIVE_ATTR,
     CONFIG_ATTR,
@@ -67,14 +68,14 @@ def _owner_dead(t: FrozenTrial, now: float) -> bool:
 def close_trial_as_lost(study: optuna.Study, t: FrozenTrial, spent: float, error: str | None = None) -> bool:
     """Close a RUNNING trial as FAIL/lost with `spent` seconds of cost and enqueue its configuration for
     one retry (not when it was itself a retry). False when another worker closed it first."""
-    storage = study._storage
+    storage = op.storage_of(study)
     try:
         attrs: dict[str, Any] = {STATUS_ATTR: "lost", COST_ATTR: spent, WALL_ATTR: spent}
         if error:
             attrs["error"] = error[:500]
-        set_trial_attrs(storage, t._trial_id, user_attrs=attrs)
+        set_trial_attrs(storage, op.trial_id(t), user_attrs=attrs)
         # The state change is the claim: exactly one worker succeeds, and only it enqueues the retry.
-        if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+        if not storage.set_trial_state_values(op.trial_id(t), TrialState.FAIL):
             return False
     except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError, optuna.exceptions.StorageInternalError):
         return False  # finished meanwhile, or SQLite's lock lost to the worker that closes it

@@ -35,7 +35,8 @@ from centaur.methods.base import (
 from centaur.methods.cmaes import library
 from centaur.methods.cmaes.feasibility import THRESHOLD, FailureModel
 from centaur.space import Param, SearchSpace
-from centaur.study.attr_batch import set_trial_attrs
+from centaur.study import optuna_private as op
+from centaur.study.optuna_private import set_trial_attrs
 
 STATE_ATTR = "catcma:state"
 GEN_ATTR = "catcma:generation"
@@ -163,13 +164,13 @@ class CatCmaSampler(BaseSampler):
 
     # -- state in the study ----------------------------------------------------------------------
     def _load(self, study: optuna.Study) -> CatCMAwM:
-        blob = study._storage.get_study_system_attrs(study._study_id).get(STATE_ATTR)
+        blob = op.study_system_attrs(study).get(STATE_ATTR)
         opt = pickle.loads(bytes.fromhex(blob)) if blob else self.new_optimizer()
         library.set_told(opt, library.told(opt))  # the trial numbers told travel with the pickled optimizer
         return opt
 
     def _save(self, study: optuna.Study, opt: CatCMAwM) -> None:
-        study._storage.set_study_system_attr(study._study_id, STATE_ATTR, pickle.dumps(opt).hex())
+        op.set_study_system_attr(study, STATE_ATTR, pickle.dumps(opt).hex())
 
     def state(self, study: optuna.Study, completed: list[FrozenTrial] | None = None) -> CatCMAwM:
         """The optimizer, updated with every complete generation of finished trials (`completed`: the
@@ -303,11 +304,12 @@ class CatCmaSampler(BaseSampler):
     @staticmethod
     def mark_own(study: optuna.Study, trial: FrozenTrial, sol: CatCMAwM.Solution, generation: int) -> None:
         raw = [float(v) for v in library.raw_sample(sol)]
-        set_trial_attrs(study._storage, trial._trial_id, system_attrs={GEN_ATTR: generation, V_ATTR: raw})
+        set_trial_attrs(op.storage_of(study), op.trial_id(trial), system_attrs={GEN_ATTR: generation, V_ATTR: raw})
 
     @staticmethod
     def mark_external(study: optuna.Study, trial: FrozenTrial, generation: int) -> None:
-        set_trial_attrs(study._storage, trial._trial_id, system_attrs={GEN_ATTR: generation, EXTERNAL_ATTR: True})
+        attrs = {GEN_ATTR: generation, EXTERNAL_ATTR: True}
+        set_trial_attrs(op.storage_of(study), op.trial_id(trial), system_attrs=attrs)
 
     # -- Optuna sampler interface ----------------------------------------------------------------
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
@@ -318,7 +320,7 @@ class CatCmaSampler(BaseSampler):
     ) -> dict[str, Any]:
         if trial.system_attrs.get("fixed_params"):
             opt = self.state(study)  # an enqueued point: it runs as given and is told to CMA-ES as such
-            study._storage.set_trial_system_attr(trial._trial_id, GEN_ATTR, opt.generation)
+            op.set_trial_system_attr(study, trial, GEN_ATTR, opt.generation)
             return {}
         config, sol, opt = self.propose(study, trial)
         self.mark_own(study, trial, sol, opt.generation)
@@ -327,7 +329,7 @@ class CatCmaSampler(BaseSampler):
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
         # Points that bypassed sample_relative join the current generation (the trial is still writable here).
         if GEN_ATTR not in trial.system_attrs and state == TrialState.COMPLETE:
-            study._storage.set_trial_system_attr(trial._trial_id, GEN_ATTR, self._load(study).generation)
+            op.set_trial_system_attr(study, trial, GEN_ATTR, self._load(study).generation)
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution

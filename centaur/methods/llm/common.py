@@ -28,7 +28,8 @@ from centaur.methods.base import (
     trial_seed,
 )
 from centaur.space import SearchSpace
-from centaur.study.attr_batch import set_trial_attrs
+from centaur.study import optuna_private as op
+from centaur.study.optuna_private import set_trial_attrs
 
 FAILURE_TEXT = {
     "oom": "out of memory",
@@ -369,7 +370,7 @@ class LLMSampler(BaseSampler):
             "llm_proposal": outcome.raw,
             "llm_detail": {**outcome.detail, "propose_s": round(propose_s, 4)},
         }
-        set_trial_attrs(study._storage, trial._trial_id, user_attrs=attrs)  # one transaction, not nine
+        set_trial_attrs(op.storage_of(study), op.trial_id(trial), user_attrs=attrs)  # one transaction, not nine
 
     # -- prompt parts shared by the methods that propose whole configurations ---------------------
     def row(self, o: Observation) -> str:

@@ -134,6 +134,12 @@ def tune_cmd(
     keep_going: Annotated[
         bool, typer.Option("--keep-going", help="run on when the baseline fails or trials keep failing the same way")
     ] = False,
+    trust_script_metric: Annotated[
+        bool, typer.Option("--trust-script-metric", help="agent-code: accept the metric the edited script prints")
+    ] = False,
+    unsafe_agent_code: Annotated[
+        bool, typer.Option("--unsafe-agent-code", help="agent-code: run edited scripts without the bubblewrap sandbox")
+    ] = False,
 ) -> None:
     """Tune SCRIPT. Running the same command again resumes the study."""
     from centaur.progress import RichProgress
@@ -142,6 +148,7 @@ def tune_cmd(
     try:
         options = _parse_options(option or [])
         options.update(_centaur_options(method, llm_ratio, llm_warmup, no_cma_state, cma_backend))
+        options.update(_agent_code_options(method, trust_script_metric, unsafe_agent_code))
         task = resolve_task(script)
         if trial_timeout is not None and hasattr(task, "config"):
             task.config.runner.trial_timeout_s = _positive_duration("--trial-timeout", trial_timeout)
@@ -312,6 +319,15 @@ def _centaur_options(method: str, ratio: float | None, warmup: int | None, no_st
     if given and method != "centaur":
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise MethodError(f"{flags}: only for --method centaur, not {method!r}")
+    return given
+
+
+def _agent_code_options(method: str, trust_metric: bool, unsafe: bool) -> dict:
+    given = {k: True for k, v in (("trust_script_metric", trust_metric), ("unsafe", unsafe)) if v}
+    if given and method != "agent-code":
+        flags = ", ".join({"trust_script_metric": "--trust-script-metric", "unsafe": "--unsafe-agent-code"}[k]
+                          for k in given)
+        raise MethodError(f"{flags}: only for --method agent-code, not {method!r}")
     return given
 
 

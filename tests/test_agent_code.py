@@ -235,6 +235,8 @@ class _FakeTask:
 
 # -- whole studies on the toy task ------------------------------------------------------------------
 def _run(toy: Path, server: FakeLLMServer, tmp_path: Path, n_trials: int, **options):
+    # The toy task declares no evaluation the tuner can run itself: its metric is the script's own report.
+    options.setdefault("trust_script_metric", True)
     llm = LLMSettings(base_url=server.base_url, model="fake-model", max_retries=0, timeout_s=10.0)
     return tune(toy, method="agent-code", n_trials=n_trials, budget=None, run_dir=tmp_path / "runs", llm=llm,
                 method_options=options)
@@ -383,7 +385,7 @@ def test_real_smollm2_three_trials_on_the_bundled_task(tmp_path):
     (task / "train.py").write_text(BUNDLED_TASK.read_text().replace("TIME_BUDGET = 40", "TIME_BUDGET = 3"))
     llm = LLMSettings(gguf=str(gguf), threads=1, context_tokens=2432, max_tokens=160, timeout_s=120)
     result = tune(task / "train.py", method="agent-code", n_trials=3, budget=None, run_dir=tmp_path / "runs",
-                  llm=llm, method_options={"max_tokens": 160})
+                  llm=llm, method_options={"max_tokens": 160, "trust_script_metric": True})
     trials = result.study.get_trials()
     assert len(trials) == 3 and all(t.state.is_finished() for t in trials)
     assert trials[0].user_attrs[DECISION_ATTR] == "baseline" and trials[0].user_attrs["status"] == "ok"
@@ -406,7 +408,8 @@ def test_cli_runs_and_resumes_agent_code(toy, tmp_path, monkeypatch):
         monkeypatch.setenv("CENTAUR_LLM_BASE_URL", server.base_url)
         monkeypatch.setenv("CENTAUR_LLM_MODEL", "fake-model")
         server.push(reply("raise the LR", "LR = 0.1  # step size\n", "LR = 0.3  # step size\n"))
-        args = ["tune", str(toy), "--method", "agent-code", "--run-dir", str(tmp_path / "runs"), "--n-trials", "2"]
+        args = ["tune", str(toy), "--method", "agent-code", "--run-dir", str(tmp_path / "runs"),
+                "-o", "trust_script_metric=true", "--n-trials", "2"]
         first = CliRunner().invoke(app, args)
         assert first.exit_code == 0, first.output
         server.push(reply("raise it more", "LR = 0.3  # step size\n", "LR = 0.6  # step size\n"))
@@ -441,7 +444,8 @@ def test_writes_to_the_task_files_are_undone_and_flagged(toy, tmp_path):
                           "    task_dir = os.environ['PYTHONPATH'].split(os.pathsep)[-1]\n"
                           "    with open(os.path.join(task_dir, 'prepare.py'), 'a') as f:\n"
                           "        f.write('\\n# edited by the agent\\n')\n"))
-        result = _run(toy, server, tmp_path, n_trials=2)
+        # Outside the sandbox the write happens and is undone; inside it the task folder is read-only.
+        result = _run(toy, server, tmp_path, n_trials=2, unsafe=True)
     trial = result.study.trials[1]
     assert trial.user_attrs[DECISION_ATTR] == "rejected" and trial.user_attrs["status"] == "invalid"
     assert "wrote prepare.py" in trial.user_attrs[REASON_ATTR]

@@ -1,11 +1,13 @@
 """Launcher of an edited script: its metric lines are reported through a channel the edit cannot use.
 
 Usage (by the sandbox): python -m centaur.agentcode.harness SCRIPT, with a one-time token as the first
-line of standard input and the metric names in $CENTAUR_METRIC_KEYS (JSON list).
+line of standard input, the metric names in $CENTAUR_METRIC_KEYS (JSON list) and the task's own
+modules in $CENTAUR_TASK_MODULES (imported before the script, from the task directory).
 
 The harness reads the token, closes standard input, and compiles the script with every
 `print(...)` call whose text names a metric key (`val_bpb: ...`) turned into a call of a reporter
-that prints the line and then the same line tagged with the token. The runner trusts only tagged
+that prints the line and writes the same line tagged with the token to a duplicate of the
+original standard output. The runner trusts only tagged
 lines. The integrity check guarantees that those statements are the original ones and that the edit
 cannot name the reporter; a line that the edit prints itself, however it builds it, carries no token.
 """
@@ -39,14 +41,34 @@ def metric_prints(tree: ast.AST, keys: Sequence[str]) -> list[ast.Call]:
     return found
 
 
-def _reporter(token: str) -> Callable[..., None]:
+def _reporter(token: str, fd: int) -> Callable[..., None]:
+    """Prints the line as the script would, and writes it tagged to `fd`, a duplicate of the original
+    standard output taken before the script ran: whatever the script does to sys.stdout (a filter that
+    rewrites numbers) does not reach the tagged copy."""
+
     def report(*args: object, sep: str | None = " ", end: str | None = "\n", **kwargs: object) -> None:
-        print(*args, sep=sep, end=end, **kwargs)  # type: ignore[call-overload]
         text = (" " if sep is None else sep).join(str(a) for a in args)
-        for line in text.splitlines():
-            print(f"{TAG} {token} {line}", flush=True)
+        tagged = "".join(f"\n{TAG} {token} {line}\n" for line in text.splitlines())
+        try:
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - the script's stdout is the script's business
+            pass
+        os.write(fd, tagged.encode())
+        print(*args, sep=sep, end=end, **kwargs)  # type: ignore[call-overload]
 
     return report
+
+
+def _preimport(modules: Sequence[str]) -> None:
+    """Import the task's own modules (prepare.py) from the task directory before the script runs, so
+    that a module the script writes later cannot take their place."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the script's own import reports it as usual
+            sys.modules.pop(name, None)
 
 
 def main() -> None:
@@ -65,8 +87,14 @@ def main() -> None:
     code = compile(tree, script, "exec")
     _apply_gpu_memory_fraction()
     sys.argv = [script, *sys.argv[2:]]
-    sys.path[0] = os.path.dirname(script)
-    namespace = {"__name__": "__main__", "__file__": script, "__builtins__": builtins, REPORTER: _reporter(token)}
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        sys.path[0] = os.path.dirname(script)
+    else:
+        sys.path.insert(0, os.path.dirname(script))
+    _preimport(json.loads(os.environ.pop("CENTAUR_TASK_MODULES", "[]")))
+    fd = os.dup(1)
+    namespace = {"__name__": "__main__", "__file__": script, "__builtins__": builtins,
+                 REPORTER: _reporter(token, fd)}
     del token
     exec(code, namespace)
 

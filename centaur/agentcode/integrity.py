@@ -39,11 +39,14 @@ BANNED_ATTRIBUTES = frozenset(
         "spawnv", "spawnve", "posix_spawn", "popen",
         # the metric harness's reporter and its closure, reached through frames
         "_getframe", "tb_frame", "gi_frame", "cr_frame", "ag_frame", "__closure__", "cell_contents",
+        # attribute access by computed name, and replacing the process's output streams
+        "__getattribute__", "attrgetter", "displayhook", "excepthook", "__stdout__", "__stderr__",
     }
 )  # fmt: skip
 BANNED_MODULES = frozenset(
     {"builtins", "ctypes", "importlib", "inspect", "_thread", "cffi", "runpy", "subprocess", "pty", "centaur"}
 )
+_DUNDER_PART = re.compile(r"__\w|\w__")  # pieces of a dunder name, to build one at run time
 _ENV_WRITERS = frozenset({"update", "setdefault", "pop", "popitem", "clear", "__setitem__", "__delitem__"})
 _BUILTIN_NAMES = frozenset(dir(builtins))
 
@@ -158,6 +161,8 @@ def check_source(original: str, candidate: str, protection: Protection) -> list[
 def _guarded(tree: ast.Module, p: Protection, why: dict[str, tuple[str, str]]) -> tuple[Counter, Counter]:
     """Guarded statements by AST dump: those that must match exactly, and those that must be kept."""
     modules = _module_names(tree)
+    for _ in range(3):  # `clock = time`, `c2 = clock`: aliases of modules, to a fixpoint
+        modules |= {a for stmt in _statements(tree) for a in _module_aliases(stmt, modules)}
     exact: Counter = Counter()
     keep: Counter = Counter()
     for stmt in _statements(tree):
@@ -167,7 +172,7 @@ def _guarded(tree: ast.Module, p: Protection, why: dict[str, tuple[str, str]]) -
         )
         if not reasons and not budget_read:
             continue
-        key = ast.dump(stmt, include_attributes=False)
+        key = _header_dump(stmt)  # a loop's body may change: `while counted < TIME_BUDGET:` guards its test only
         why.setdefault(key, (reasons[0] if reasons else "reads the time budget", _first_line(stmt)))
         (exact if reasons else keep)[key] += 1
     return exact, keep
@@ -179,10 +184,10 @@ def _exact_reasons(stmt: ast.stmt, p: Protection, modules: set[str]) -> Iterator
             yield "metric line"
         if s in p.names:
             yield f"names {s}"
-    for node in _bound_names(stmt):
-        if node.id in p.names:
-            yield f"binds {node.id}"
-        if node.id == "print":
+    for name in _binding_names(stmt):
+        if name in p.names:
+            yield f"binds {name}"
+        if name == "print":
             yield "rebinds print"
     if isinstance(stmt, (ast.Global, ast.Nonlocal)) and set(stmt.names) & p.names:
         yield "declares a protected name global"
@@ -196,9 +201,21 @@ def _exact_reasons(stmt: ast.stmt, p: Protection, modules: set[str]) -> Iterator
                 yield f"imports the task module {name}"
             if root in BANNED_MODULES:
                 yield f"imports {root}"
-        if isinstance(stmt, ast.ImportFrom) and any(a.name in p.names for a in stmt.names):
+        if any(a.name in p.names or (a.asname or "") in p.names for a in stmt.names):
             yield "binds a protected name by import"
+    aliases = modules
+    for name in _binding_names(stmt):
+        if name in modules and not isinstance(stmt, ast.Import):
+            yield f"rebinds the module name {name}"
     for node in _own_nodes(stmt):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr":
+            name = node.args[1] if len(node.args) > 1 else None
+            if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
+                yield "uses getattr with a computed name"
+            elif name.value.startswith("__"):
+                yield f"uses getattr(..., {name.value!r})"
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and _DUNDER_PART.search(node.value):
+            yield f"names {node.value!r}"
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
             if node.id in p.call_names:
                 yield f"uses {node.id}"
@@ -213,8 +230,12 @@ def _exact_reasons(stmt: ast.stmt, p: Protection, modules: set[str]) -> Iterator
                                                                                              "stderr"):
                 if node.attr == "modules" or not isinstance(node.ctx, ast.Load):
                     yield f"uses sys.{node.attr}"
-            if not isinstance(node.ctx, ast.Load) and isinstance(node.value, ast.Name) and node.value.id in modules:
+            if not isinstance(node.ctx, ast.Load) and isinstance(node.value, ast.Name) and node.value.id in aliases:
                 yield f"patches {node.value.id}.{node.attr}"
+            if not isinstance(node.ctx, ast.Load) and node.attr in ("stdout", "stderr"):
+                yield f"replaces .{node.attr}"
+            if node.attr == "modules" and isinstance(node.value, ast.Name) and node.value.id in aliases:
+                yield f"uses {node.value.id}.modules"
             if node.attr in _ENV_WRITERS and _is_environ(node.value):
                 yield "writes the environment"
         elif isinstance(node, ast.Subscript) and not isinstance(node.ctx, ast.Load) and _is_environ(node.value):
@@ -259,6 +280,18 @@ def _own_nodes(stmt: ast.stmt) -> Iterator[ast.AST]:
     """The expression nodes of a statement, not those of the statements nested in its bodies."""
     stack: list[ast.AST] = []
     for name, value in ast.iter_fields(stmt):
+        if name == "handlers":  # `except TYPE as NAME:` belongs to the try statement
+            for h in value:
+                yield h
+                if h.type is not None:
+                    stack.append(h.type)
+            continue
+        if name == "cases":  # `case PATTERN if GUARD:` belongs to the match statement
+            for c in value:
+                stack.append(c.pattern)
+                if c.guard is not None:
+                    stack.append(c.guard)
+            continue
         if name in _BODY_FIELDS:
             continue
         if isinstance(value, ast.AST):
@@ -279,6 +312,48 @@ def _own_names(stmt: ast.stmt) -> Iterator[ast.Name]:
 
 def _bound_names(stmt: ast.stmt) -> Iterator[ast.Name]:
     return (n for n in _own_names(stmt) if isinstance(n.ctx, (ast.Store, ast.Del)))
+
+
+def _binding_names(stmt: ast.stmt) -> Iterator[str]:
+    """Every name the statement itself binds, by any form: targets, imports (`as` names included),
+    match capture patterns, `except ... as`, definitions."""
+    for n in _bound_names(stmt):
+        yield n.id
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        for a in stmt.names:
+            yield a.asname or a.name.split(".")[0]
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        yield stmt.name
+    for node in _own_nodes(stmt):
+        if isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            yield node.name
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            yield node.rest
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            yield node.name
+
+
+def _module_aliases(stmt: ast.stmt, modules: set[str]) -> set[str]:
+    """Names the statement binds to a module: `clock = time`."""
+    names: set[str] = set()
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None:
+        if isinstance(stmt.value, ast.Name) and stmt.value.id in modules:
+            names |= {n.id for n in _bound_names(stmt)}
+    return names
+
+
+def _header_dump(stmt: ast.stmt) -> str:
+    """The statement without the statements of its bodies (for compound statements)."""
+    fields = {}
+    for name, value in ast.iter_fields(stmt):
+        if name in ("body", "orelse", "finalbody"):
+            value = []
+        elif name == "handlers":
+            value = [ast.ExceptHandler(type=h.type, name=h.name, body=[]) for h in value]
+        elif name == "cases":
+            value = [ast.match_case(pattern=c.pattern, guard=c.guard, body=[]) for c in value]
+        fields[name] = value
+    return ast.dump(type(stmt)(**fields), include_attributes=False)
 
 
 def _strings(stmt: ast.stmt) -> Iterator[str]:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import ast
 import logging
 import math
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,21 +24,24 @@ import optuna
 from optuna.samplers import RandomSampler
 from optuna.trial import TrialState
 
+from centaur.agentcode.bwrap import sandbox_problem
 from centaur.agentcode.edits import EditError, apply_edits, description_of, parse_reply, unified_diff
 from centaur.agentcode.integrity import Protection, check_output, check_source
 from centaur.agentcode.prompt import SYSTEM_PROMPT, Experiment, build_prompt
-from centaur.agentcode.sandbox import network_isolation, reported_lines, run_isolated
+from centaur.agentcode.sandbox import network_isolation, run_isolated
 from centaur.llm import LLMClient, LLMError, LLMUnavailable
 from centaur.llm.local import LLMSetupError
 from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, MethodContext, MethodError
 from centaur.methods.llm.common import client_for
-from centaur.runner.outcome import classify, parse_metrics
+from centaur.runner.outcome import classify
+from centaur.runner.process import is_secret
 from centaur.space.extract import find_assignments
+from centaur.study import optuna_private as op
 from centaur.study.loop import (
+    Heartbeat,
     ProgressHook,
+    StopFlag,
     TuneResult,
-    _Heartbeat,
-    _StopFlag,
     open_study,
     record_result,
     study_budget,
@@ -57,8 +63,15 @@ REASON_ATTR = "agent_reason"
 RETRY_OF_ATTR = "retry_of"  # set by the study on a queued retry of a lost trial
 MAX_DIFF_CHARS = 20_000
 OPTIONS = frozenset(
-    {"protect", "time_budget_name", "max_tokens", "temperature", "max_rejected_in_row", "isolate_network"}
+    {"protect", "time_budget_name", "max_tokens", "temperature", "max_rejected_in_row", "isolate_network",
+     "unsafe", "trust_script_metric", "grace_s", "max_processes", "read_only"}
 )
+UNSAFE_HINT = "-o unsafe=true (CLI: --unsafe-agent-code)"
+TRUST_HINT = "-o trust_script_metric=true (CLI: --trust-script-metric)"
+
+
+def _flag(value: Any) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
 
 
 class AgentCodeError(MethodError):
@@ -72,7 +85,12 @@ class AgentOptions:
     max_tokens: int | None = None  # for the reply; None: max(llm.max_tokens, 1024) within the context
     temperature: float = 0.7
     max_rejected_in_row: int = 10  # rejected edits cost no budget: stop a model that never gets one through
-    isolate_network: bool = True
+    isolate_network: bool = True  # unsafe runs only: the sandbox always has no network
+    unsafe: bool = False  # run edited code without the bubblewrap sandbox (the user's explicit choice)
+    trust_script_metric: bool = False  # accept a metric the edited program prints itself (no declared evaluation)
+    grace_s: float | None = None  # the run is stopped at TIME_BUDGET + grace; None: max(30 s, budget / 2)
+    max_processes: int | None = None  # processes + threads of one run; None: sandbox.MAX_PROCESSES
+    read_only: list[str] = field(default_factory=list)  # more host paths the run may read (data sets)
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> AgentOptions:
@@ -92,11 +110,19 @@ class AgentOptions:
                 out.temperature = float(options["temperature"])
             if "max_rejected_in_row" in options:
                 out.max_rejected_in_row = int(options["max_rejected_in_row"])
-            if "isolate_network" in options:
-                value = options["isolate_network"]
-                out.isolate_network = value.strip().lower() in ("1", "true", "yes") if isinstance(value, str) else (
-                    bool(value)
-                )
+            for name in ("isolate_network", "unsafe", "trust_script_metric"):
+                if name in options:
+                    setattr(out, name, _flag(options[name]))
+            if options.get("grace_s") is not None:
+                out.grace_s = float(options["grace_s"])
+                if not out.grace_s >= 0:
+                    raise ValueError("grace_s must be >= 0")
+            if options.get("max_processes") is not None:
+                out.max_processes = int(options["max_processes"])
+            if "read_only" in options:
+                value = options["read_only"]
+                out.read_only = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else [
+                    str(v) for v in value]
         except (TypeError, ValueError) as e:
             raise AgentCodeError(f"agent-code: bad option value: {e}") from None
         return out
@@ -126,6 +152,7 @@ class CodeAgent:
         options: AgentOptions,
         penalty: float = 100.0,
         seed: int = 0,
+        storage: str | None = None,
     ) -> None:
         self.task = task
         self.study = study
@@ -134,8 +161,10 @@ class CodeAgent:
         self.options = options
         self.penalty = penalty
         self.seed = seed
+        self.storage = storage
         self.original = task.script.read_text(encoding="utf-8")
         self.protection = self._protection()
+        self.modules = sorted(p.stem for p in task.script.parent.glob("*.py") if p != task.script)
 
     # -- setup -----------------------------------------------------------------------------------
     def _protection(self) -> Protection:
@@ -173,15 +202,23 @@ class CodeAgent:
     # -- the loop --------------------------------------------------------------------------------
     def run(self, *, budget_s: float | None, n_trials: int | None, progress: ProgressHook | None = None
             ) -> TuneResult:
+        check_can_run(self.options)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         lost = close_lost_trials(self.study)
         if lost:
             log.warning("closed %d trial(s) of dead workers as lost: %s", len(lost), lost)
-        if self.options.isolate_network:
-            _, warning = network_isolation()
-            if warning:
-                log.warning("agent-code: %s", warning)
-        stop = _StopFlag()
+        if self.options.unsafe:
+            log.warning("agent-code: running edited scripts WITHOUT the sandbox (unsafe=true): they can read "
+                        "every file you can, and the study storage")
+            if self.options.isolate_network:
+                _, warning = network_isolation()
+                if warning:
+                    log.warning("agent-code: %s", warning)
+        if self.options.trust_script_metric:
+            log.warning("agent-code: the metric is what the edited program prints; it is protected only by the "
+                        "sandbox and the AST checks (trust_script_metric=true)")
+        self._prepare_data()
+        stop = StopFlag()
         summary = summarize(self.study)
         if progress:
             progress.on_start(summary)
@@ -238,7 +275,7 @@ class CodeAgent:
             decision = "rejected"
         else:
             try:
-                with _Heartbeat(self.study, trial._trial_id):
+                with Heartbeat(self.study, op.trial_id(trial)):
                     result, tampering = self._evaluate(candidate.source, trial.number)
             except KeyboardInterrupt:
                 record_result(self.study, trial, TrialResult(TrialStatus.LOST, error="interrupted"), self.penalty)
@@ -248,7 +285,7 @@ class CodeAgent:
                 result = TrialResult(TrialStatus.INVALID, cost_s=result.wall_s, wall_s=result.wall_s,
                                      metrics=result.metrics, error="tampering: " + "; ".join(tampering),
                                      log_path=result.log_path, extra=result.extra)
-        reason = candidate.reason or result.error
+        reason = redact(candidate.reason or result.error)
         trial.set_user_attr(DECISION_ATTR, decision)
         if reason:
             trial.set_user_attr(REASON_ATTR, reason[:1000])
@@ -336,6 +373,54 @@ class CodeAgent:
         return max(64, min(want, settings.context_tokens // 2))
 
     # -- running and deciding --------------------------------------------------------------------
+    def time_limit(self) -> tuple[float | None, float | None]:
+        """(the stop the parent sets from outside, the grace in it): TIME_BUDGET + grace, within the
+        task's trial timeout; without a budget, the trial timeout alone."""
+        timeout = self.task.trial_timeout_s
+        budget = self.protection.time_budget
+        if budget is None:
+            return timeout, None
+        grace = self.options.grace_s if self.options.grace_s is not None else max(30.0, 0.5 * budget)
+        stop = budget + grace
+        return (min(stop, timeout) if timeout else stop), grace
+
+    def _data_paths(self) -> tuple[list[Path], dict[str, str]]:
+        """Host paths the run may read besides the task's files, and environment that points at them:
+        `read_only`, and the bundled task's corpus cache (prepare.py reads $CENTAUR_DATA_DIR)."""
+        paths = [Path(p).expanduser() for p in self.options.read_only]
+        env: dict[str, str] = {}
+        prepare = self.task.script.parent / "prepare.py"
+        if prepare.is_file() and "CENTAUR_DATA_DIR" in prepare.read_text(encoding="utf-8", errors="replace"):
+            root = self.task.extra_env.get("CENTAUR_DATA_DIR") or os.environ.get("CENTAUR_DATA_DIR")
+            data = Path(root).expanduser() if root else Path.home() / ".cache" / "centaur" / "gpt"
+            paths.append(data)
+            env["CENTAUR_DATA_DIR"] = str(data.resolve())
+        return paths, env
+
+    def _prepare_data(self) -> None:
+        """The bundled task builds its corpus on first use; in the sandbox its cache is read-only, so the
+        (trusted) original prepare.py builds it here first."""
+        prepare = self.task.script.parent / "prepare.py"
+        paths, env = self._data_paths()
+        if self.options.unsafe or "CENTAUR_DATA_DIR" not in env or not prepare.is_file():
+            return
+        data = Path(env["CENTAUR_DATA_DIR"])
+        if (data / "stdlib" / "meta.json").is_file() or any(data.glob("*/meta.json")):
+            return
+        code = "import prepare, sys; prepare.ensure_corpus()"
+        subprocess.run([sys.executable, "-c", code], cwd=prepare.parent, check=False, timeout=600,
+                       env={**os.environ, "CENTAUR_DATA_DIR": str(data), "PYTHONPATH": str(prepare.parent)})
+
+    def _hidden_paths(self) -> list[Path]:
+        """What must not be in the view even where it lies inside a path that is (the task folder)."""
+        hidden = [self.run_dir, Path.home()]
+        if self.storage and self.storage.startswith("sqlite:///"):
+            db = Path(self.storage[len("sqlite:///"):])
+            hidden += [db, db.with_name(db.name + "-journal"), db.with_name(db.name + "-wal")]
+        elif self.storage and self.storage.startswith("journal:"):
+            hidden.append(Path(self.storage[len("journal:"):]).expanduser())
+        return hidden
+
     def _evaluate(self, source: str, number: int) -> tuple[TrialResult, list[str]]:
         task = self.task
         trial_dir = self.run_dir / "trials" / f"{number:05d}"
@@ -343,22 +428,35 @@ class CodeAgent:
         work_copy = trial_dir / task.script.name
         work_copy.write_text(source, encoding="utf-8")
         runner = task.config.runner
+        timeout, grace = self.time_limit()
+        read_only, data_env = self._data_paths()
         proc = run_isolated(
             work_copy,
             task_dir=task.script.parent,
             log_path=trial_dir / "trial.log",
-            timeout_s=task.trial_timeout_s,
+            out_dir=trial_dir / "out",
+            timeout_s=timeout,
             memory_cap_bytes=runner.memory_cap_bytes,
             gpu_memory_fraction=runner.gpu_memory_fraction,
-            extra_env=task.extra_env,
+            extra_env={**task.extra_env, **data_env},
             isolate_network=self.options.isolate_network,
             metric_keys=self.protection.witnessed,
+            modules=self.modules,
+            sandbox=not self.options.unsafe,
+            read_only=read_only,
+            hidden=self._hidden_paths(),
+            **({"max_processes": self.options.max_processes} if self.options.max_processes else {}),
         )
         outcome = classify(proc.returncode, proc.output, task.metric, timed_out=proc.timed_out)
         tampering = [f"wrote {name}" for name in proc.tampered_files]
+        if proc.limit:
+            tampering.append(f"exceeded the sandbox's limits: {proc.limit}")
+        if proc.timed_out and grace is not None and timeout is not None:
+            outcome.error = (f"stopped by the runner at {timeout:.1f} s: TIME_BUDGET "
+                             f"{self.protection.time_budget:g} s + {grace:g} s grace")
         if proc.token is not None and outcome.status is TrialStatus.OK:
             # Only the original metric statements can report: their lines carry the harness's token.
-            trusted = parse_metrics(reported_lines(proc.output, proc.token))
+            trusted = dict(proc.reported or {})
             for key in self.protection.witnessed:
                 if key not in trusted:
                     tampering.append(f"no '{key}:' line from the protected statement (the run ended before it, "
@@ -369,12 +467,12 @@ class CodeAgent:
             outcome.metrics.update(trusted)
             outcome.value = trusted.get(task.metric, outcome.value)
         ok = outcome.status is TrialStatus.OK
-        training = outcome.metrics.get(self.protection.time_metric)
-        cost = training if ok and training is not None and math.isfinite(training) else proc.wall_s
+        # Time from outside: the charge is what the runner measured; what the script says is informational.
         result = TrialResult(
-            outcome.status, outcome.value, cost_s=cost, wall_s=proc.wall_s, metrics=outcome.metrics,
-            error=outcome.error, log_path=str(proc.log_path),
-            extra={"returncode": proc.returncode, "network_isolated": proc.network_isolated},
+            outcome.status, outcome.value, cost_s=proc.wall_s, wall_s=proc.wall_s, metrics=outcome.metrics,
+            error=redact(outcome.error), log_path=str(proc.log_path),
+            extra={"returncode": proc.returncode, "network_isolated": proc.network_isolated,
+                   "sandboxed": proc.sandboxed, "time_limit_s": timeout},
         )
         if ok:
             tampering += check_output(proc.output, outcome.metrics, proc.wall_s, self.protection,
@@ -418,7 +516,7 @@ class CodeAgent:
             dists = {k: v for k, v in dists.items() if k in fixed}
         trial = self.study.ask()
         for key, dist in dists.items():
-            trial._suggest(key, dist)  # fixed by the queue (the baseline's by open_study)
+            op.suggest_raw(trial, key, dist)  # fixed by the queue (the baseline's by open_study)
         trial.set_user_attr(CONFIG_ATTR, config)
         return trial
 
@@ -455,6 +553,7 @@ def tune_agent_code(
             f"agent-code edits a training script; task {getattr(task, 'name', task)!r} is not a script task"
         )
     opts = AgentOptions.parse(dict(options or {}))
+    check_can_run(opts)
     ctx = MethodContext(space=task.space, seed=seed, run_dir=Path(run_dir), llm=llm)
     client = client_for(ctx)
     try:
@@ -462,8 +561,44 @@ def tune_agent_code(
                            study_name=study_name, penalty=penalty, sampler=RandomSampler(seed=seed),
                            options=dict(options or {}))
         budget_s, penalty = study_budget(study), float(study.user_attrs[STUDY_PENALTY])
-        agent = CodeAgent(task, study, client, run_dir=Path(run_dir), options=opts, penalty=penalty, seed=seed)
+        agent = CodeAgent(task, study, client, run_dir=Path(run_dir), options=opts, penalty=penalty, seed=seed,
+                          storage=storage if isinstance(storage, str) else None)
         return agent.run(budget_s=budget_s, n_trials=n_trials, progress=progress)
     finally:
         if client is not ctx.llm:
             client.close()
+
+
+def declares_evaluation(task: Any) -> bool:
+    """Whether the task's metric can be computed outside the edited program (an evaluation the tuner
+    runs itself on a model the program hands over). Not implemented yet for any task: see
+    docs/agent-code.md, "What is left"."""
+    return False
+
+
+def check_can_run(options: AgentOptions, task: Any = None) -> None:
+    """Refuse to run model-written code where it cannot be sandboxed, or with a metric the program
+    reports itself, unless the user said so explicitly."""
+    if not options.unsafe:
+        problem = sandbox_problem()
+        if problem:
+            raise AgentCodeError(
+                f"agent-code runs every edited script in a bubblewrap sandbox, and it cannot make one here: "
+                f"{problem}. Install bubblewrap, or accept running model-written code with only the static "
+                f"checks, the scrubbed environment and the network namespace: {UNSAFE_HINT}")
+    if not options.trust_script_metric and not declares_evaluation(task):
+        raise AgentCodeError(
+            "agent-code: this task declares no evaluation that the tuner can run outside the edited program, "
+            "so the metric is the number the edited program prints; it is protected only by the sandbox and the "
+            f"AST checks, which a determined edit may get around. Accept that with {TRUST_HINT}")
+
+
+def redact(text: str | None) -> str | None:
+    """`text` without the values of this process's secret variables (an error message of a run goes into
+    the next prompt; a run must never carry a key there, even one it found some way to read)."""
+    if not text:
+        return text
+    for name, value in os.environ.items():
+        if is_secret(name) and len(value) >= 8 and value in text:
+            text = text.replace(value, f"<{name} redacted>")
+    return text

@@ -1,8 +1,13 @@
-"""Run an edited script in isolation: its own directory, a scrubbed environment, resource limits, no
-network where the system allows a new network namespace, and the task's own files checked afterwards."""
+"""Run an edited script in the sandbox (bwrap.py): the script read-only, one writable output folder, a
+scrubbed environment, resource limits, a watchdog on the number and memory of its processes, a time
+limit set from outside, and the metric lines of the protected statements read from the whole stream.
+
+Without a sandbox (`unsafe`), the old protections only: a network namespace where `unshare` works, the
+task's files hashed and restored, rlimits; the script can read whatever the user can."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -11,25 +16,34 @@ import os
 import resource
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
+from centaur.agentcode.bwrap import PACKAGE_ROOT, View, build_argv
 from centaur.agentcode.harness import TAG
 from centaur.runner.process import ProcessResult, read_tail, scrubbed_environment, spawn_and_wait
 
 log = logging.getLogger(__name__)
 FILE_SIZE_CAP = 2 * 2**30  # a runaway script may not fill the disk
+MAX_PROCESSES = 256  # processes and threads of one sandboxed run (RLIMIT_NPROC where it applies, and the watchdog)
 _PROTECTED_SUFFIXES = (".py", ".toml", ".json", ".txt", ".cfg", ".yaml", ".yml")
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_PACKAGE_ROOT = str(PACKAGE_ROOT)
+_WATCH_S = 0.1
+SANDBOX_DIR = "/trial"  # where the script and its output folder appear inside the sandbox
 
 
 @functools.cache
 def network_isolation() -> tuple[list[str], str | None]:
     """The command prefix that puts a process in a new, empty network namespace, and a warning when
-    there is none (no `unshare`, or user namespaces are not permitted here)."""
+    there is none (no `unshare`, or user namespaces are not permitted here). Used by unsafe runs only."""
     unshare = shutil.which("unshare")
     if unshare is None:
         return [], "`unshare` is not installed: edited scripts run with network access"
@@ -48,18 +62,90 @@ def network_isolation() -> tuple[list[str], str | None]:
 @dataclass
 class SandboxResult(ProcessResult):
     network_isolated: bool = False
+    sandboxed: bool = False
     tampered_files: tuple[str, ...] = ()
     token: str | None = None
+    reported: dict[str, float] | None = None  # the protected statements' metric lines (tagged with the token)
+    limit: str | None = None  # why the watchdog ended the run
 
 
-def _limits(memory_cap_bytes: int | None):
+def _limits(memory_cap_bytes: int | None, max_processes: int | None):
     def apply() -> None:
         if memory_cap_bytes:  # soft = hard: the script cannot raise it again
             resource.setrlimit(resource.RLIMIT_DATA, (memory_cap_bytes, memory_cap_bytes))
         resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_CAP, FILE_SIZE_CAP))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if max_processes:  # counted per user namespace (Linux >= 5.14); not enforced for real root
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
 
     return apply
+
+
+class _Watchdog:
+    """Kills the run (its whole PID namespace, by killing bwrap's group) when its processes and threads
+    exceed `max_processes` or their resident memory exceeds `max_rss` bytes together."""
+
+    def __init__(self, max_processes: int | None, max_rss: int | None) -> None:
+        self.max_processes, self.max_rss = max_processes, max_rss
+        self.reason: str | None = None
+        self.pid: int | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="centaur-sandbox-watchdog", daemon=True)
+
+    def start(self, pid: int) -> None:
+        self.pid = pid
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def _run(self) -> None:
+        assert self.pid is not None
+        while not self.done.wait(_WATCH_S):
+            try:
+                procs = psutil.Process(self.pid).children(recursive=True)
+            except psutil.Error:
+                return
+            n_threads, rss = 0, 0
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    n_threads += p.num_threads()
+                    rss += p.memory_info().rss
+            why = None
+            if self.max_processes and n_threads > self.max_processes:
+                why = f"{len(procs)} processes with {n_threads} threads (limit {self.max_processes})"
+            elif self.max_rss and rss > self.max_rss:
+                why = f"{rss / 2**20:.0f} MiB resident together (limit {self.max_rss / 2**20:.0f} MiB)"
+            if why:
+                self.reason = why
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                return
+
+
+class _TagScanner:
+    """Reads the whole output stream for the lines the harness tagged with this run's token."""
+
+    def __init__(self, token: str) -> None:
+        self.prefix = f"{TAG} {token} ".encode()
+        self.partial = b""
+        self.lines: list[str] = []
+
+    def feed(self, data: bytes) -> None:
+        data = self.partial + data.replace(b"\r", b"\n")
+        *complete, self.partial = data.split(b"\n")
+        if len(self.partial) > 1 << 16:
+            self.partial = b""
+        for line in complete:
+            if line.startswith(self.prefix):
+                self.lines.append(line[len(self.prefix):].decode(errors="replace"))
+                del self.lines[:-64]
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
 
 
 def snapshot(directory: Path) -> dict[Path, bytes]:
@@ -85,62 +171,119 @@ def restore(files: Mapping[Path, bytes], directory: Path) -> list[str]:
     return changed
 
 
+def shadows(out_dir: Path, modules: Sequence[str]) -> list[str]:
+    """Files in the writable folder that could shadow a module: any `.py`, and packages or extension
+    modules named like the task's own modules."""
+    found = []
+    if not out_dir.is_dir():
+        return found
+    for path in out_dir.rglob("*"):
+        stem = path.name.split(".")[0]
+        if path.is_symlink() or (path.is_file() and path.suffix in (".py", ".pth", ".so", ".pyc")) or (
+            path.is_dir() and stem in modules
+        ):
+            found.append(str(path.relative_to(out_dir)))
+    return found
+
+
 def run_isolated(
     script: Path,
     *,
     task_dir: Path,
     log_path: Path,
     timeout_s: float | None,
+    out_dir: Path | None = None,
     memory_cap_bytes: int | None = None,
     gpu_memory_fraction: float | None = None,
     extra_env: Mapping[str, str] | None = None,
     isolate_network: bool = True,
     metric_keys: Sequence[str] = (),
+    modules: Sequence[str] = (),
+    sandbox: bool = True,
+    read_only: Sequence[Path] = (),
+    hidden: Sequence[Path] = (),
+    max_processes: int | None = MAX_PROCESSES,
     python: str = sys.executable,
     tail_bytes: int = 256 * 1024,
 ) -> SandboxResult:
-    """Run `script` (a copy in its own trial directory, which is also its working directory) through
-    the trial launcher, with the task directory importable (for its data/eval module) but checked.
+    """Run `script` (a copy in its own trial directory) with `out_dir` (default: a folder `out` beside
+    it) as its working directory and only writable place, the task directory importable read-only.
 
     With `metric_keys`, the script runs under the metric harness: the lines its original metric
-    statements print are repeated with a one-time token (`SandboxResult.token`), see harness.py."""
+    statements print are repeated with a one-time token and read from the whole stream
+    (`SandboxResult.reported`), see harness.py. With `sandbox` False (the user's explicit choice) it
+    runs outside bubblewrap with the older, weaker protections."""
+    out_dir = out_dir or script.parent / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
     env = scrubbed_environment(os.environ)  # always scrubbed: the script's author is a model
     env.update({k: v for k, v in (extra_env or {}).items()})
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONSAFEPATH"] = "1"  # the working directory is never on sys.path
     env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT, str(task_dir)])
     if gpu_memory_fraction is not None:
         env["CENTAUR_CUDA_MEM_FRACTION"] = str(gpu_memory_fraction)
-    prefix: list[str] = []
-    if isolate_network:
-        prefix, warning = network_isolation()
-        if warning:
-            log.warning(warning)
     token = secrets.token_hex(16) if metric_keys else None
     if metric_keys:
         env["CENTAUR_METRIC_KEYS"] = json.dumps(list(metric_keys))
+    env["CENTAUR_TASK_MODULES"] = json.dumps(list(modules))
     launcher = "centaur.agentcode.harness" if metric_keys else "centaur.runner.launch"
+    command = [python, "-m", launcher, str(script)]
+    network_isolated = False
+    if sandbox:
+        # The script and its output folder appear at neutral paths (SANDBOX_DIR): nothing of the run
+        # directory's path exists inside; HOME is the output folder.
+        inner_script, inner_out = f"{SANDBOX_DIR}/{script.name}", f"{SANDBOX_DIR}/out"
+        command = [python, "-m", launcher, inner_script]
+        env.update({"HOME": inner_out, "TMPDIR": "/tmp", "XDG_CACHE_HOME": "/tmp/.cache",
+                    "TORCHINDUCTOR_CACHE_DIR": "/tmp/.inductor", "TRITON_CACHE_DIR": "/tmp/.triton",
+                    "MPLCONFIGDIR": "/tmp/.mpl"})
+        env.pop("TMP", None)
+        env.pop("TEMP", None)
+        view = View(read_only=[task_dir, *read_only], hidden=list(hidden), chdir=inner_out,
+                    mapped=[(script, inner_script, False), (out_dir, inner_out, True)])
+        command = build_argv(command, view, env=env)
+        network_isolated = True
+    elif isolate_network:
+        prefix, warning = network_isolation()
+        if warning:
+            log.warning(warning)
+        command = [*prefix, *command]
+        network_isolated = bool(prefix)
     before = snapshot(task_dir)
-    trial_files = {p.name for p in script.parent.iterdir()}
-    returncode, timed_out, wall = spawn_and_wait(
-        [*prefix, python, "-m", launcher, str(script)],
-        cwd=script.parent, env=env, log_path=log_path, timeout_s=timeout_s,
-        preexec_fn=_limits(memory_cap_bytes), stdin_data=f"{token}\n".encode() if token else None,
-    )
+    scanner = _TagScanner(token) if token else None
+    watchdog = _Watchdog(max_processes, memory_cap_bytes * 4 if memory_cap_bytes else None) if sandbox else None
+    try:
+        returncode, timed_out, wall = spawn_and_wait(
+            command, cwd=out_dir, env=env, log_path=log_path, timeout_s=timeout_s,
+            preexec_fn=_limits(memory_cap_bytes, max_processes if sandbox else None),
+            stdin_data=f"{token}\n".encode() if token else None,
+            on_output=scanner.feed if scanner else None, on_start=watchdog.start if watchdog else None,
+        )
+    finally:
+        if watchdog:
+            watchdog.stop()
     tampered = restore(before, task_dir)
-    # A module dropped beside the script would shadow the task's own (sys.path[0] is the script's directory).
-    tampered += [
-        p.name for p in script.parent.iterdir() if p.suffix == ".py" and p.name not in trial_files
-    ]
+    # A module dropped where an import could find it would shadow the task's own.
+    tampered += [f"{out_dir.name}/{name}" for name in shadows(out_dir, modules)]
+    tampered += [p.name for p in script.parent.iterdir() if p.suffix == ".py" and p != script]
+    reported = None
+    if scanner is not None:
+        from centaur.runner.outcome import parse_metrics
+
+        reported = parse_metrics(scanner.text())
     return SandboxResult(
         returncode,
         timed_out,
         wall,
         log_path,
         read_tail(log_path, tail_bytes),
-        network_isolated=bool(prefix),
+        network_isolated=network_isolated,
+        sandboxed=sandbox,
         tampered_files=tuple(tampered),
         token=token,
+        reported=reported,
+        limit=watchdog.reason if watchdog else None,
     )
 
 
@@ -149,3 +292,13 @@ def reported_lines(output: str, token: str) -> str:
     prefix = f"{TAG} {token} "
     return "\n".join(line[len(prefix):] for line in output.replace("\r", "\n").splitlines()
                      if line.startswith(prefix))
+
+
+def wait_gone(pids: Sequence[int], timeout_s: float = 2.0) -> list[int]:
+    """Of `pids`, those still alive after `timeout_s` (for the tests of the process cleanup)."""
+    deadline = time.monotonic() + timeout_s
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.05)
+    return alive

@@ -194,11 +194,13 @@ def spawn_and_wait(
     on_output: Callable[[bytes], None] | None = None,
     log_head_bytes: int = LOG_HEAD_BYTES,
     log_tail_bytes: int = LOG_TAIL_BYTES,
+    on_start: Callable[[int], None] | None = None,
 ) -> tuple[int | None, bool, float]:
     """Run `argv` in its own process group with stdout and stderr to `log_path` (its head and tail),
     optionally writing `stdin_data` to it and handing each chunk of output to `on_output`; kill the
     whole group on timeout or when the caller is interrupted, and every process of the trial when it
-    ends (see the module). Returns (return code, timed out, wall seconds)."""
+    ends (see the module). `on_start` is called with the leader's pid once it runs (a watchdog may
+    kill its group). Returns (return code, timed out, wall seconds)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(16)
     env = {**env, TRIAL_ID_ENV: token}
@@ -220,6 +222,8 @@ def spawn_and_wait(
         pump = _Pump(proc.stdout, _CappedLog(log_file, log_head_bytes, log_tail_bytes), on_output)
         trial = _TrialProcesses(proc.pid, token, before)
         try:
+            if on_start is not None:
+                on_start(proc.pid)
             if stdin_data is not None and proc.stdin is not None:
                 try:
                     proc.stdin.write(stdin_data)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
 from centaur.space.extract import find_assignments
+from centaur.space.sources import Argument, find_arguments, find_globals
 
 
 class InjectionError(ValueError):
@@ -32,10 +34,20 @@ def format_value(value: Any) -> str:
 
 
 def inject(source: str, values: Mapping[str, Any], filename: str = "<script>") -> str:
-    """Replace the right-hand side of the first `NAME = ...` of each name with its new value."""
+    """Replace the right-hand side of the first `NAME = ...` of each name with its new value: ALL_CAPS
+    assignments anywhere, lowercase ones at module level (the `globals` source)."""
     by_name = {a.name: a for a in find_assignments(source, filename)}
+    if set(values) - set(by_name):
+        by_name.update({a.name: a for a in find_globals(source, filename) if a.name not in by_name})
     missing = sorted(set(values) - set(by_name))
     if missing:
+        options = {a.dest: a for a in find_arguments(source, filename)}
+        if set(missing) <= set(options):
+            words = argv_for(options, values)
+            raise InjectionError(
+                f"{filename}: {missing} are command-line options, not assignments; run the script with "
+                + " ".join(shlex.quote(w) for w in words)
+            )
         raise InjectionError(f"{filename}: no assignment of {missing} to replace")
     lines = source.splitlines(keepends=True)
     # Bottom-up, so earlier offsets stay valid.
@@ -49,3 +61,19 @@ def inject(source: str, values: Mapping[str, Any], filename: str = "<script>") -
         new = first[:start] + text + last[end:]
         lines[a.lineno - 1 : a.end_lineno] = [new]
     return "".join(lines)
+
+
+def argv_for(arguments: Mapping[str, Argument], values: Mapping[str, Any]) -> list[str]:
+    """The command-line words that give argparse options `values` (the `argparse` source), in the
+    script's order of the options."""
+    unknown = sorted(set(values) - set(arguments))
+    if unknown:
+        raise InjectionError(f"no add_argument option for {unknown}")
+    words: list[str] = []
+    for dest, argument in arguments.items():
+        if dest in values:
+            value = values[dest]
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InjectionError(f"cannot pass non-finite value {value!r} for {argument.flag}")
+            words += argument.argv(value)
+    return words

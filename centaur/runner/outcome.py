@@ -40,6 +40,74 @@ def parse_metrics(text: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in METRIC_LINE.finditer(text.replace("\r", "\n"))}
 
 
+_NUMBER = r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?nan|[-+]?inf(?:inity)?"
+
+
+def metric_values(text: str, name: str, regex: str | None = None) -> list[float]:
+    """Every value of metric `name` in `text`, in order: with `regex`, its one group on each match;
+    otherwise `name: value` and `name=value` anywhere on a line (`epoch 3 val_loss=0.51 acc=0.8`) and JSON
+    object lines holding `name` (a dotted path reaches into nested objects)."""
+    text = text.replace("\r", "\n")
+    if regex is not None:
+        return [v for m in re.finditer(regex, text, re.MULTILINE) if (v := _number(m.group(1))) is not None]
+    pattern = re.compile(rf"(?<![\w.]){re.escape(name)}[^\S\n]*[:=][^\S\n]*({_NUMBER})(?![\w.])", re.IGNORECASE)
+    values: list[float] = []
+    for line in text.split("\n"):
+        stripped = line.strip()
+        if stripped.startswith("{") and name.split(".")[0] in stripped:
+            value = _json_value(stripped, name)
+            if value is not None:
+                values.append(value)
+                continue
+        if name in line:
+            values += [float(m.group(1)) for m in pattern.finditer(line)]
+    return values
+
+
+def metric_file_values(text: str, name: str) -> list[float]:
+    """The values of `name` in a metrics file: one JSON object, or JSON lines (one object a line)."""
+    value = _json_value(text, name)
+    if value is not None:
+        return [value]
+    return [v for line in text.splitlines() if line.strip() and (v := _json_value(line, name)) is not None]
+
+
+def reduce_values(values: list[float], how: str) -> float | None:
+    """The value that counts: the last one, or the least/greatest finite one (a non-finite last value, or
+    no finite value at all, is what is returned then, so a diverged run reads as diverged)."""
+    if not values:
+        return None
+    finite = [v for v in values if math.isfinite(v)]
+    if how == "last" or not finite:
+        return values[-1]
+    return min(finite) if how == "min" else max(finite)
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _json_value(text: str, name: str) -> float | None:
+    import json
+
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    for part in name.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return None
+        obj = obj[part]
+    if isinstance(obj, bool):
+        return None
+    if isinstance(obj, (int, float)):
+        return float(obj)
+    return _number(obj) if isinstance(obj, str) else None
+
+
 class MetricScanner:
     """`parse_metrics` over a stream fed in chunks of bytes, in bounded memory: lines may be split across
     chunks, `\\r` ends a line, and a line longer than MAX_LINE bytes (never a metric line) is skipped."""

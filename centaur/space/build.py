@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from centaur.space.curated import (
 )
 from centaur.space.extract import ScriptError, find_assignments, read_script, sibling_constants
 from centaur.space.params import KINDS, Param, SearchSpace, SpaceError
+from centaur.space.sources import Argument, find_arguments, find_globals, named_param, tuned_by_default
 
 
 def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpace:
@@ -28,8 +31,10 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
     if config is None:
         config = load_config(config_path_for(script))
     toml = config.path or config_path_for(script)
-    assignments = find_assignments(source, str(script))
+    found_in = discover(source, str(script), config)
+    assignments = found_in.candidates
     excluded = set(config.exclude) | TASK_CONSTANTS
+    untuned: dict[str, Param | None] = {}
     constants: dict[str, Any] = dict(sibling_constants(script))
     fixed: dict[str, Any] = {}
     skipped: dict[str, str] = {}
@@ -38,7 +43,7 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
     missing = sorted(set(config.params) - found)
     if missing:
         raise ConfigError(
-            f"{toml}: [space.params.{missing[0]}]: {script.name} has no ALL_CAPS assignment {missing[0]} = ..."
+            f"{toml}: [space.params.{missing[0]}]: {script.name} has no {_WHAT[found_in.kind]} {missing[0]} = ..."
             f"{_did_you_mean(missing[0], found)}; names not in the script: {missing}"
         )
     for a in assignments:
@@ -48,7 +53,14 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
             constants[a.name] = a.value
             skipped[a.name] = "task constant" if a.name in TASK_CONSTANTS else "excluded in centaur.toml"
             continue
-        curated = curated_param(a.name, a.value)
+        if a.untuned and a.name not in config.params:
+            constants[a.name] = a.value
+            skipped[a.name] = a.untuned
+            untuned[a.name] = named_param(a.name, a.value, a.choices)
+            continue
+        curated = curated_param(a.name, a.value) if found_in.kind == "constants" else None
+        if found_in.kind != "constants" and curated is None:
+            curated = named_param(a.name, a.value, a.choices)
         if "fixed" in spec:
             value = _fixed_value(a.name, a.value, spec, curated, where)
             fixed[a.name] = value
@@ -98,6 +110,10 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
             raise
         raise SpaceError(f"{toml}: [space] constraints: {e}") from None
     space.skipped = skipped  # type: ignore[attr-defined]
+    space.untuned = untuned  # type: ignore[attr-defined]  # found but not tuned: a guess at a range, for --write
+    space.source = found_in.kind  # type: ignore[attr-defined]
+    space.source_reason = found_in.reason  # type: ignore[attr-defined]
+    space.arguments = found_in.arguments  # type: ignore[attr-defined]  # argparse: dest -> Argument
     if params and (problems := space.violations(space.defaults())):
         raise SpaceError(f"{script.name}: the script's own values are not a valid configuration: {'; '.join(problems)}")
     return space
@@ -108,11 +124,92 @@ def load_space(script: Path | str) -> SearchSpace:
     script = Path(script)
     space = build_space(script)
     if not len(space):
+        kind = getattr(space, "source", "constants")
+        found = sorted(getattr(space, "skipped", {}))
+        seen = f" (found, not tuned: {', '.join(found[:8])}{', ...' if len(found) > 8 else ''})" if found else ""
         raise SpaceError(
-            f"{script}: no tunable ALL_CAPS constants found. Tunable names are module-level or nested "
-            "assignments such as `LEARNING_RATE = 3e-4`; give ranges for others in centaur.toml"
+            f"{script}: no tunable parameters found ([space] source = {toml_value(kind)}){seen}. Centaur looks for "
+            "ALL_CAPS constants such as `LEARNING_RATE = 3e-4`, lowercase module-level literals such as "
+            "`learning_rate = 6e-4`, and argparse options such as `parser.add_argument('--lr', type=float, "
+            'default=0.01)`; set [space] source = "constants", "globals" or "argparse" in centaur.toml, '
+            "and tune a found name with [space.params.NAME]"
         )
     return space
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A found name: its value in the script, why it is not tuned by default (None: it is), its choices."""
+
+    name: str
+    value: Any
+    untuned: str | None = None
+    choices: tuple[Any, ...] = ()
+
+
+@dataclass
+class Found:
+    kind: str
+    reason: str
+    candidates: list[Candidate]
+    arguments: dict[str, Argument] = field(default_factory=dict)
+
+
+_WHAT = {
+    "constants": "ALL_CAPS assignment",
+    "globals": "lowercase module-level assignment",
+    "argparse": "add_argument option with that destination",
+}
+
+
+def discover(source: str, filename: str, config: ProjectConfig) -> Found:
+    """The parameters of the script from the source that `[space] source` names, or the one detected:
+    argparse options with names tuned by default, else ALL_CAPS constants, else lowercase globals."""
+    arguments = find_arguments(source, filename)
+    names = {a.dest for a in arguments}
+    by_kind: dict[str, list[Candidate]] = {
+        "argparse": [
+            Candidate(a.dest, a.default, tuned_by_default(a.dest, a.default, names, a.choices), a.choices)
+            for a in arguments
+        ],
+        "constants": [Candidate(a.name, a.value) for a in find_assignments(source, filename)],
+    }
+    found_globals = find_globals(source, filename)
+    global_names = {a.name for a in found_globals}
+    by_kind["globals"] = [Candidate(a.name, a.value, tuned_by_default(a.name, a.value, global_names))
+                          for a in found_globals]  # fmt: skip
+    args = {a.dest: a for a in arguments}
+    chosen = config.space_source
+    if chosen is not None:
+        return Found(chosen, "set in centaur.toml", by_kind[chosen], args if chosen == "argparse" else {})
+    wanted = set(config.params)
+    if wanted:
+        for kind in ("argparse", "constants", "globals"):
+            if wanted <= {c.name for c in by_kind[kind]}:
+                return Found(kind, "holds every [space.params] name of centaur.toml", by_kind[kind],
+                             args if kind == "argparse" else {})  # fmt: skip
+    excluded = set(config.exclude) | TASK_CONSTANTS
+    tunable_args = [c.name for c in by_kind["argparse"] if c.untuned is None and c.name not in excluded]
+    if tunable_args:
+        return Found("argparse", f"argparse options {', '.join(tunable_args[:4])}", by_kind["argparse"], args)
+    tunable_constants = [
+        c.name for c in by_kind["constants"]
+        if c.name not in excluded and (curated_param(c.name, c.value) or heuristic_param(c.name, c.value))
+    ]  # fmt: skip
+    if tunable_constants:
+        return Found("constants", f"ALL_CAPS constants {', '.join(tunable_constants[:4])}", by_kind["constants"])
+    tunable_globals = [c.name for c in by_kind["globals"] if c.untuned is None and c.name not in excluded]
+    if tunable_globals:
+        reason = f"module-level globals {', '.join(tunable_globals[:4])}"
+        if _reads_overrides(source):
+            reason += " (the script also reads --key=value overrides; values are written into the work copy)"
+        return Found("globals", reason, by_kind["globals"])
+    return Found("constants", "nothing else found", by_kind["constants"])
+
+
+def _reads_overrides(source: str) -> bool:
+    """Whether the script applies `--key=value` overrides itself (an exec'd configurator, sys.argv)."""
+    return bool(re.search(r"exec\(\s*open\(|sys\.argv", source))
 
 
 def reference_space() -> SearchSpace:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import tomlkit
 
-from centaur.config import CONFIG_NAME
-from centaur.space.params import SearchSpace
+from centaur.config import CONFIG_NAME, ConfigError, config_path_for, load_config, toml_value
+from centaur.space.params import Param, SearchSpace
 
 
 def write_config(script: Path, space: SearchSpace) -> Path:
@@ -16,8 +16,20 @@ def write_config(script: Path, space: SearchSpace) -> Path:
     doc.add(
         tomlkit.comment("type = int | float | pow2 | categorical; low/high/log; choices; fixed = value; exclude = true")
     )
+    try:
+        existing = load_config(config_path_for(script))
+    except ConfigError:
+        existing = None
     task = tomlkit.table()
-    task.add("metric", "val_bpb")
+    task.add("metric", existing.metric.name if existing else "val_bpb")
+    task.add(tomlkit.comment("metric_regex = 'val loss ([\\d.]+)'   # one group: the value (else `metric: x` lines)"))
+    task.add(tomlkit.comment('metric_file = "metrics.json"   # a JSON file the script writes beside __file__'))
+    task.add(tomlkit.comment('metric_reduce = "last"         # or "min" / "max" of all values printed'))
+    task.add(tomlkit.comment('direction = "minimize"         # or "maximize"'))
+    if existing is not None:
+        for key in ("metric_regex", "metric_file", "metric_reduce", "direction"):
+            if key in existing.task:
+                task.add(key, existing.task[key])
     doc.add("task", task)
     runner = tomlkit.table()
     runner.add(tomlkit.comment('trial_timeout = "15m"   # kill a trial after this long'))
@@ -25,6 +37,9 @@ def write_config(script: Path, space: SearchSpace) -> Path:
     runner.add(tomlkit.comment("gpu_memory_fraction = 0.5"))
     doc.add("runner", runner)
     sp = tomlkit.table()
+    source = getattr(space, "source", "constants")
+    sp.add("source", source)
+    sp["source"].comment(f"constants | globals | argparse; detected: {getattr(space, 'source_reason', '')}"[:110])
     sp.add(
         "exclude", sorted(n for n, why in getattr(space, "skipped", {}).items() if why == "excluded in centaur.toml")
     )
@@ -45,8 +60,33 @@ def write_config(script: Path, space: SearchSpace) -> Path:
         params.add(p.name, t)
     sp.add("params", params)
     doc.add("space", sp)
-    if space.constants:
-        doc.add("constants", {k: v for k, v in space.constants.items() if isinstance(v, (int, float, str, bool))})
+    untuned = getattr(space, "untuned", {})
+    skipped = getattr(space, "skipped", {})
+    if untuned:
+        doc.add(tomlkit.nl())
+        doc.add(tomlkit.comment("Found in the script but not tuned by default: uncomment a table to tune it."))
+    for i, (name, guess) in enumerate(untuned.items()):
+        if i:
+            doc.add(tomlkit.nl())
+        doc.add(tomlkit.comment(f"[space.params.{name}]   # {skipped.get(name, '')}"))
+        for line in _param_lines(guess):
+            doc.add(tomlkit.comment(line))
+    constants = {
+        k: v for k, v in space.constants.items() if isinstance(v, (int, float, str, bool)) and k not in untuned
+    }
+    if constants:
+        doc.add("constants", constants)
     path = script.parent / CONFIG_NAME
     path.write_text(tomlkit.dumps(doc), encoding="utf-8")
     return path
+
+
+def _param_lines(p: Param | None) -> list[str]:
+    """The lines of a `[space.params.NAME]` table for a guessed parameter (a hint when there is none)."""
+    if p is None:
+        return ['type = "categorical"', "choices = [...]   # the values to try"]
+    lines = [f"type = {toml_value(p.kind)}"]
+    if p.kind == "categorical":
+        return [*lines, f"choices = {toml_value(list(p.choices))}"]
+    lines += [f"low = {toml_value(p.low)}", f"high = {toml_value(p.high)}"]
+    return lines + ([f"log = {toml_value(p.log)}"] if p.kind != "pow2" else [])

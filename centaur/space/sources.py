@@ -1,0 +1,232 @@
+"""Where a script's hyperparameters live, found with the AST (the script is never run).
+
+- `constants`: `ALL_CAPS = literal` assignments, module level or nested (centaur.space.extract).
+- `globals`: lowercase module-level `name = literal` assignments (nanoGPT style, often overridden by
+  `--key=value` arguments through an exec'd configurator). A trial gets its values written into its work
+  copy, which works whether or not the script also reads overrides from the command line.
+- `argparse`: `add_argument` calls with a literal default (or `action="store_true"`); a trial gets its
+  values as command-line arguments.
+
+Which names are tuned by default is conservative for `globals` and `argparse` (learning rates, weight
+decay, batch sizes, depths and widths, dropout, warm-up, betas, momentum, schedule fractions); paths,
+seeds, logging, devices, I/O and run lengths never are. `[space.params.NAME]` in centaur.toml tunes any
+other found name.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from centaur.space.curated import heuristic_param
+from centaur.space.extract import Assignment, constant_value, find_assignments, parse_script
+from centaur.space.params import Param
+
+SOURCES: tuple[str, ...] = ("constants", "globals", "argparse")
+_LOWER_RE = re.compile(r"^[a-z][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One `add_argument` call: the option to write, its destination name and what argparse knows of it."""
+
+    dest: str
+    flag: str  # the option string used on the command line (the first long one)
+    default: Any
+    type: str | None = None  # "int" | "float" | "str" | None
+    choices: tuple[Any, ...] = ()
+    action: str | None = None  # "store_true" | "store_false" | None
+    help: str = ""
+
+    def argv(self, value: Any) -> list[str]:
+        """The command-line words that set this argument to `value` (none for a flag left at its default)."""
+        if self.action == "store_true":
+            return [self.flag] if value else []
+        if self.action == "store_false":
+            return [] if value else [self.flag]
+        text = repr(value) if isinstance(value, float) else str(value)
+        return [f"{self.flag}={text}"] if self.flag.startswith("--") else [self.flag, text]
+
+
+def find_globals(source: str, filename: str = "<script>") -> list[Assignment]:
+    """Module-level single-target `name = literal` assignments with a lowercase name (not `_private`),
+    first occurrence of each, in source order. Statements inside `if`/`try` at module level count."""
+    tree = parse_script(source, filename)
+    found: dict[str, Assignment] = {}
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.If, ast.Try)):
+                visit(node.body)
+                continue
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            else:
+                continue
+            if not isinstance(target, ast.Name) or not _LOWER_RE.match(target.id) or target.id in found:
+                continue
+            try:
+                v = constant_value(value)
+            except (ValueError, ArithmeticError):
+                continue
+            found[target.id] = Assignment(
+                target.id, v, value.lineno, value.end_lineno or value.lineno, value.col_offset,
+                value.end_col_offset or 0,
+            )  # fmt: skip
+
+    visit(tree.body)
+    return sorted(found.values(), key=lambda a: (a.lineno, a.col_offset))
+
+
+def find_arguments(source: str, filename: str = "<script>") -> list[Argument]:
+    """The optional `add_argument("--name", ...)` calls whose default is a literal (or that are
+    `store_true`/`store_false` flags), first of each destination, in source order. Positional and
+    required arguments, `nargs` lists and non-literal defaults are left out (they cannot be searched)."""
+    tree = parse_script(source, filename)
+    found: dict[str, Argument] = {}
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
+    for call in sorted(calls, key=lambda n: (n.lineno, n.col_offset)):
+        if call.func.attr != "add_argument":  # type: ignore[attr-defined]
+            continue
+        flags = [a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+        if not flags or not all(f.startswith("-") for f in flags):
+            continue  # positional
+        kw = {k.arg: k.value for k in call.keywords if k.arg}
+        if "nargs" in kw or _literal(kw.get("required")) is True:
+            continue
+        flag = next((f for f in flags if f.startswith("--")), flags[0])
+        dest = _literal(kw.get("dest")) if "dest" in kw else flag.lstrip("-").replace("-", "_")
+        if not isinstance(dest, str) or not dest.isidentifier() or dest in found:
+            continue
+        action = _literal(kw.get("action")) if "action" in kw else None
+        help_text = _literal(kw.get("help")) if "help" in kw else ""
+        help_text = help_text if isinstance(help_text, str) else ""
+        if action in ("store_true", "store_false"):
+            default = _literal(kw["default"]) if "default" in kw else action == "store_false"
+            if isinstance(default, bool):
+                found[dest] = Argument(dest, flag, default, "bool", action=action, help=help_text)
+            continue
+        if action is not None and action != "store":
+            continue
+        type_name = kw["type"].id if isinstance(kw.get("type"), ast.Name) else None
+        if "type" in kw and type_name not in ("int", "float", "str"):
+            continue  # a converter we cannot mirror
+        if "default" not in kw:
+            continue
+        try:
+            default = constant_value(kw["default"])
+        except (ValueError, ArithmeticError):
+            continue
+        if type_name == "int" and isinstance(default, str):
+            default = _convert(default, int)
+        elif type_name == "float" and isinstance(default, (str, int)) and not isinstance(default, bool):
+            default = _convert(default, float)
+        if default is None or isinstance(default, bool):
+            continue
+        choices: tuple[Any, ...] = ()
+        if "choices" in kw:
+            value = _literal(kw["choices"])
+            if not isinstance(value, (list, tuple)) or not value:
+                continue
+            choices = tuple(value)
+        found[dest] = Argument(dest, flag, default, type_name, choices, None, help_text)
+    return list(found.values())
+
+
+def _literal(node: ast.expr | None) -> Any:
+    if node is None:
+        return None
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, SyntaxError, TypeError):
+        return None
+
+
+def _convert(text: str, kind: type) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        return None
+
+
+# -- what is tuned by default (globals and argparse) -----------------------------------------------
+_NEVER_WORDS = frozenset(
+    "seed path dir file files filename log logs logging wandb tensorboard device devices dtype compile save "
+    "out output input data dataset init backend workers worker interval print verbose cuda mps gpu gpus cpu port "
+    "url host name resume checkpoint ckpt world rank ddp debug profile dry eval test always cache root "
+    "block seq context vocab tokenizer split shard shards".split()
+)
+_LENGTH_WORDS = frozenset("iters iter iterations steps epochs epoch max_iters".split())
+_TUNE_NAMES = frozenset(
+    "lr learning_rate weight_decay wd momentum dropout gamma beta1 beta2 n_layer n_layers num_layers layers depth "
+    "n_embd d_model hidden_size hidden_dim width emb_dim embed_dim embedding_dim batch_size micro_batch_size "
+    "label_smoothing min_lr max_lr grad_clip clip_grad max_grad_norm nesterov amsgrad optimizer activation "
+    "scheduler schedule".split()
+)
+_DEPTH_NAMES = frozenset("n_layer n_layers num_layers layers depth".split())
+_HEAD_NAMES = frozenset("n_head n_heads num_heads heads num_attention_heads".split())
+_WIDTH_NAMES = frozenset("n_embd d_model hidden_size hidden_dim width emb_dim embed_dim embedding_dim".split())
+
+
+def tuned_by_default(name: str, value: Any, all_names: set[str], choices: tuple[Any, ...] = ()) -> str | None:
+    """None when `name` is tuned by default; otherwise why not (shown by `centaur space`; any found name is
+    tuned once centaur.toml has a table for it)."""
+    key = name.lower()
+    words = set(re.split(r"[_\-]+", key))
+    if words & _NEVER_WORDS or key in ("out_dir", "init_from"):
+        return "an I/O, seed, logging, device or task setting"
+    if isinstance(value, str) and not choices:
+        return "a string: give it choices in centaur.toml to tune it"
+    if key in _HEAD_NAMES:
+        return "a head count: widths must stay divisible by it"
+    if key in _WIDTH_NAMES and all_names & _HEAD_NAMES:
+        return "a width that must stay divisible by the head count"
+    if words & _LENGTH_WORDS and "warmup" not in words:
+        return "a run length: it changes the compute of a trial"
+    if isinstance(value, bool) and key not in _TUNE_NAMES:
+        return "a switch"
+    if key in _TUNE_NAMES or words & {"lr", "dropout", "warmup", "beta1", "beta2", "momentum"}:
+        return None
+    if "batch" in words and "size" in words:
+        return None
+    if key.endswith(("_frac", "_fraction", "_ratio")) and isinstance(value, float):
+        return None
+    return "not a name tuned by default"
+
+
+def named_param(name: str, default: Any, choices: tuple[Any, ...] = ()) -> Param | None:
+    """A range for a lowercase name that says what it is (dropout, betas, fractions...); else the heuristics."""
+    if choices:
+        if default not in choices:
+            return None
+        return Param(name, "categorical", default, choices=tuple(choices), source="heuristic")
+    key = name.lower()
+    words = set(re.split(r"[_\-]+", key))
+    number = isinstance(default, (int, float)) and not isinstance(default, bool)
+    if number and isinstance(default, float):
+        bounded = {
+            "dropout": (0.0, 0.5), "beta1": (0.8, 0.99), "beta2": (0.9, 0.9999), "momentum": (0.5, 0.99),
+            "gamma": (0.1, 1.0), "label_smoothing": (0.0, 0.3),
+        }  # fmt: skip
+        hit = next((r for w, r in bounded.items() if w in words or key == w), None)
+        if hit is not None and hit[0] <= default <= hit[1]:
+            return Param(name, "float", default, low=hit[0], high=hit[1], source="heuristic")
+        if key.endswith(("_frac", "_fraction", "_ratio")) and 0.0 <= default <= 1.0:
+            return Param(name, "float", default, low=0.0, high=1.0, source="heuristic")
+        if key in ("weight_decay", "wd") or {"weight", "decay"} <= words:
+            if default == 0.0 or default >= 0.01:
+                return Param(name, "float", default, low=0.0, high=max(0.5, 2 * default), source="heuristic")
+    if number and isinstance(default, int) and key in _DEPTH_NAMES and default >= 1:
+        return Param(name, "int", default, low=max(1, default // 4), high=max(default * 4, 2), source="heuristic")
+    if number and isinstance(default, int) and "warmup" in words and default >= 0:
+        return Param(name, "int", default, low=0, high=max(4 * default, 10), source="heuristic")
+    return heuristic_param(name, default)
+
+
+__all__ = [
+    "SOURCES", "Argument", "find_arguments", "find_assignments", "find_globals", "named_param", "tuned_by_default",
+]

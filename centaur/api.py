@@ -11,6 +11,7 @@ from typing import Any
 from centaur.methods.base import MethodContext, create_sampler, method_info
 from centaur.paths import absolute_path, absolute_storage_url, study_dirname
 from centaur.study.loop import DEFAULT_BUDGET_S, ProgressHook, TuneResult, open_study, run_worker, study_budget
+from centaur.study.pruning import PrunerSettings, check_pruning
 from centaur.study.schema import STUDY_PENALTY
 from centaur.study.storage import default_storage_url
 from centaur.tasks.base import Task
@@ -64,6 +65,7 @@ def tune(
     workers: int = 1,
     gpus: list[str] | None = None,
     keep_going: bool = False,
+    pruner: str | PrunerSettings | dict[str, Any] | None = None,
 ) -> TuneResult:
     """Tune `task` with `method` until `budget` (seconds or "24h") of counted compute is spent.
 
@@ -75,8 +77,13 @@ def tune(
     GPU per worker, round robin); more machines join with `centaur worker` (see docs/deployment.md).
     The study stops early (HopelessStudy) when its baseline fails or trials keep failing the same way,
     unless `keep_going`.
+    `pruner` stops bad trials early from the intermediate values the script prints (`[task] progress`):
+    a name ("median", "percentile", "successive-halving", "hyperband", "wilcoxon"; default "none"), a
+    dict {"kind": ..., "warmup": "60s", ...} or PrunerSettings (docs/pruning.md). It is part of what
+    defines the study.
     """
     budget_s = check_run_options(budget=budget, penalty=penalty, workers=workers, n_trials=n_trials)
+    pruning = pruner_settings(pruner)
     task_arg, task = task, resolve_task(task)
     study_name = study_name or default_study_name(task, method, seed)
     run_root = absolute_path(run_dir if run_dir is not None else DEFAULT_RUN_ROOT)
@@ -97,6 +104,7 @@ def tune(
     from centaur.study.workers import check_parallel_method
 
     check_parallel_method(method, workers)
+    check_pruning(task, method, pruning, own_loop=method_info(method).own_loop)
     if method_info(method).own_loop:  # agent-code edits the script itself: its own loop, not a sampler
         from centaur.agentcode.loop import tune_agent_code
 
@@ -128,6 +136,7 @@ def tune(
             options=options,
             notices=notices,
             default_budget_s=DEFAULT_BUDGET_S if n_trials is None else None,  # --n-trials alone: no budget
+            pruner=pruning,
         )
         for line in notices:
             _notify(progress, line)
@@ -164,6 +173,16 @@ def tune(
         _close(sampler)
 
 
+def pruner_settings(pruner: str | PrunerSettings | dict[str, Any] | None) -> PrunerSettings:
+    """`tune(pruner=...)` as settings: None is "none"; a dict holds "kind" and the settings."""
+    if isinstance(pruner, PrunerSettings):
+        return pruner
+    if isinstance(pruner, dict):
+        given = dict(pruner)
+        return PrunerSettings.parse(given.pop("kind", None), **given)
+    return PrunerSettings.parse(pruner)
+
+
 def _close(sampler: Any) -> None:
     close = getattr(sampler, "close", None)
     if callable(close):
@@ -179,4 +198,7 @@ def _notify(progress: ProgressHook | None, line: str) -> None:
         log.warning("%s", line)
 
 
-__all__ = ["BUNDLED_TASK", "DEFAULT_METHOD", "DEFAULT_RUN_ROOT", "check_run_options", "resolve_task", "tune"]
+__all__ = [
+    "BUNDLED_TASK", "DEFAULT_METHOD", "DEFAULT_RUN_ROOT", "PrunerSettings", "check_run_options", "pruner_settings",
+    "resolve_task", "tune",
+]

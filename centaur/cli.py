@@ -17,6 +17,7 @@ from centaur.api import BUNDLED_TASK, DEFAULT_METHOD, DEFAULT_RUN_ROOT, resolve_
 from centaur.errors import USER_ERRORS
 from centaur.methods.base import MethodError, available_methods
 from centaur.runner.inject import inject
+from centaur.study.pruning import PrunerSettings
 from centaur.study.records import StudySummary, summarize
 from centaur.study.storage import default_storage_url, open_storage
 from centaur.units import format_duration, parse_duration
@@ -85,6 +86,8 @@ def space(
         rng = str(p.values if p.kind in ("pow2", "categorical") else f"[{p.low:g}, {p.high:g}]")
         table.add_row(p.name, p.kind, rng, "yes" if p.log else "", repr(p.default), p.source)
     console.print(table)
+    console.print(f"source: {getattr(sp, 'source', 'constants')} ({getattr(sp, 'source_reason', '')})",
+                  markup=False, highlight=False)
     for name, why in getattr(sp, "skipped", {}).items():
         console.print(f"  not tuned: {name} ({why})")
     for c in sp.constraints:
@@ -140,6 +143,34 @@ def tune_cmd(
     unsafe_agent_code: Annotated[
         bool, typer.Option("--unsafe-agent-code", help="agent-code: run edited scripts without the bubblewrap sandbox")
     ] = False,
+    pruner: Annotated[
+        str, typer.Option(help="stop bad trials early: none, median, percentile, successive-halving, hyperband, "
+                          "wilcoxon (needs [task] progress; docs/pruning.md)")
+    ] = "none",
+    pruner_warmup: Annotated[
+        str | None, typer.Option(help="median/percentile/wilcoxon: no pruning before this step, e.g. 10s (0)")
+    ] = None,
+    pruner_startup_trials: Annotated[
+        int | None, typer.Option(help="median/percentile: finished trials before any pruning (5)")
+    ] = None,
+    pruner_interval: Annotated[
+        str | None, typer.Option(help="median/percentile: check every this many steps (1)")
+    ] = None,
+    pruner_percentile: Annotated[
+        float | None, typer.Option(help="percentile: prune below this percentile of the other trials (25)")
+    ] = None,
+    pruner_min_resource: Annotated[
+        str | None, typer.Option(help="successive-halving/hyperband: the first rung, e.g. 5s (auto / 1)")
+    ] = None,
+    pruner_max_resource: Annotated[
+        str | None, typer.Option(help="hyperband: the last rung (auto: the longest finished trial)")
+    ] = None,
+    pruner_reduction_factor: Annotated[
+        int | None, typer.Option(help="successive-halving/hyperband: keep 1 in this many per rung (4 / 3)")
+    ] = None,
+    pruner_p_threshold: Annotated[
+        float | None, typer.Option(help="wilcoxon: prune when p is below this (0.1)")
+    ] = None,
 ) -> None:
     """Tune SCRIPT. Running the same command again resumes the study."""
     from centaur.progress import RichProgress
@@ -149,6 +180,11 @@ def tune_cmd(
         options = _parse_options(option or [])
         options.update(_centaur_options(method, llm_ratio, llm_warmup, no_cma_state, cma_backend))
         options.update(_agent_code_options(method, trust_script_metric, unsafe_agent_code))
+        pruning = PrunerSettings.parse(
+            pruner, warmup=pruner_warmup, startup_trials=pruner_startup_trials, interval=pruner_interval,
+            percentile=pruner_percentile, min_resource=pruner_min_resource, max_resource=pruner_max_resource,
+            reduction_factor=pruner_reduction_factor, p_threshold=pruner_p_threshold,
+        )  # fmt: skip
         task = resolve_task(script)
         if trial_timeout is not None and hasattr(task, "config"):
             task.config.runner.trial_timeout_s = _positive_duration("--trial-timeout", trial_timeout)
@@ -167,6 +203,7 @@ def tune_cmd(
             workers=workers,
             gpus=parse_gpus(gpus),
             keep_going=keep_going,
+            pruner=pruning,
         )
     except USER_ERRORS as e:
         _fail(e)

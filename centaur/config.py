@@ -41,6 +41,24 @@ class ProjectConfig:
     llm: dict[str, Any] = field(default_factory=dict)
     study: dict[str, Any] = field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    space_source: str | None = None  # [space] source: constants | globals | argparse; None: detected
+    metric: MetricSettings = field(default_factory=lambda: MetricSettings())
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """How a trial's metric is read ([task] metric, metric_regex, metric_file, metric_reduce, direction)."""
+
+    name: str = "val_bpb"
+    regex: str | None = None  # one group: the value
+    file: str | None = None  # a JSON file the script writes (beside its __file__, or in its working directory)
+    reduce: str = "last"  # last | min | max: which of several values counts
+    direction: str = "minimize"
+
+    @property
+    def default(self) -> bool:
+        """Only `name: number` lines and minimising: the runner's own parse is all it takes."""
+        return self.regex is None and self.file is None and self.reduce == "last" and self.direction == "minimize"
 
 
 def config_path_for(script: Path) -> Path:
@@ -81,13 +99,23 @@ def load_config(path: Path | None) -> ProjectConfig:
     unknown = set(runner) - {"trial_timeout", "memory_cap", "gpu_memory_fraction", "scrub_env", "env_passthrough"}
     if unknown:
         raise ConfigError(f"{path}: [runner]: unknown key(s) {sorted(unknown)}")
+    cfg.metric = _metric_settings(cfg.task, path)
+    _check_progress(cfg.task, path)
     space = _table(data, "space", path)
-    unknown = set(space) - {"exclude", "constraints", "params"}
+    unknown = set(space) - {"exclude", "constraints", "params", "source"}
     if unknown:
         raise ConfigError(
             f"{path}: [space] {sorted(unknown)[0]}: unknown key(s) {sorted(unknown)}; "
-            "known: exclude, constraints, params"
+            "known: source, exclude, constraints, params"
         )
+    if "source" in space:
+        if space["source"] not in SPACE_SOURCES:
+            extra = " (config files are not supported yet)" if space["source"] == "config" else ""
+            raise ConfigError(
+                f"{path}: [space] source = {toml_value(space['source'])}: must be one of "
+                f"{', '.join(map(toml_value, SPACE_SOURCES))}{extra}"
+            )
+        cfg.space_source = space["source"]
     cfg.exclude = _str_list(space.get("exclude", []), path, "exclude", '["SEED"]')
     if "constraints" in space:
         cfg.constraints = _str_list(space["constraints"], path, "constraints", '["BATCH % MICRO_BATCH == 0"]')
@@ -101,6 +129,54 @@ def load_config(path: Path | None) -> ProjectConfig:
         _check_param_table(name, spec, path)
     cfg.params = params
     return cfg
+
+
+SPACE_SOURCES = ("constants", "globals", "argparse")
+_METRIC_KEYS = ("metric", "metric_regex", "metric_file", "metric_reduce", "direction")
+
+
+def _check_progress(task: dict[str, Any], path: Path) -> None:
+    """`[task] progress`: the regex of the script's progress lines, for pruning (docs/pruning.md)."""
+    if "progress" not in task:
+        return
+    from centaur.runner.progress import ProgressPattern, ProgressPatternError
+
+    try:
+        ProgressPattern.compile(task["progress"])
+    except ProgressPatternError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _metric_settings(task: dict[str, Any], path: Path) -> MetricSettings:
+    """The `[task]` metric keys, checked."""
+    import re
+
+    for key in _METRIC_KEYS:
+        if key in task and not isinstance(task[key], str):
+            raise ConfigError(f"{path}: [task] {key} = {toml_value(task[key])}: must be a string")
+    name = task.get("metric", "val_bpb").strip()
+    if not name:
+        raise ConfigError(f'{path}: [task] metric = "": give the name of the metric, e.g. metric = "val_loss"')
+    regex = task.get("metric_regex")
+    if regex is not None:
+        try:
+            groups = re.compile(regex).groups
+        except re.error as e:
+            raise ConfigError(
+                f"{path}: [task] metric_regex = {toml_value(regex)}: not a regular expression: {e}"
+            ) from None
+        if groups != 1:
+            raise ConfigError(
+                f"{path}: [task] metric_regex = {toml_value(regex)}: needs exactly one group (the value), "
+                f"has {groups}; write other groups as (?:...)"
+            )
+    reduce = task.get("metric_reduce", "last")
+    if reduce not in ("last", "min", "max"):
+        raise ConfigError(f'{path}: [task] metric_reduce = {toml_value(reduce)}: must be "last", "min" or "max"')
+    direction = task.get("direction", "minimize")
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f'{path}: [task] direction = {toml_value(direction)}: must be "minimize" or "maximize"')
+    return MetricSettings(name, regex, task.get("metric_file"), reduce, direction)
 
 
 def _runner_env(runner: dict[str, Any], path: Path) -> tuple[bool, list[str]]:

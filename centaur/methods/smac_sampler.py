@@ -19,6 +19,10 @@ What differs from the reference study's use of SMAC (reference-study.md ยง2.3, ย
   fitting ten trees on a few hundred points costs nothing next to using the newest result.
 - Failures are told with the study's penalty and their class: oom -> MEMORYOUT, timeout -> TIMEOUT,
   crash/diverged/invalid -> CRASHED (the forest learns from all three with the penalty as cost).
+- A pruned trial (Optuna PRUNED, stopped by the study's pruner) is told as a failure, CRASHED, with its
+  last reported intermediate value as its cost, not the penalty: the pruner stopped it for being worse
+  than the others at that step, and an early value is higher than the final one it would have reached,
+  so the forest learns the region is bad without the penalty's distortion. Its time is its real cost.
 - pow2 parameters are modelled as their integer exponent (the Optuna parameter `log2(NAME)`), so
   what SMAC models is exactly what ran.
 
@@ -54,6 +58,7 @@ log = logging.getLogger(__name__)
 
 ORIGIN_ATTR = "smac:origin"  # trial system attribute: SMAC's origin of the configuration
 PROPOSAL_ATTR = "smac:proposal"  # trial system attribute: the claim written before parameters are set
+_TOLD = (TrialState.COMPLETE, TrialState.PRUNED)  # the finished trials SMAC learns from (lost ones never ran)
 UNREACHABLE_TRIALS = 10**9  # the study loop, not SMAC, decides when to stop
 MAX_DUPLICATE_ASKS = 50
 OPTIONS = {"n_init", "random_ratio", "n_trees"}
@@ -199,9 +204,7 @@ class SmacSampler(BaseSampler):
         # The initial design fills the study up to n_init finished trials: the baseline counts, and so
         # do trials another method ran before SMAC joined; SMAC's own design points do not (a resumed
         # run continues the same Sobol sequence, skipping the points that already ran).
-        prior = sum(
-            1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if not _is_design_point(t)
-        )
+        prior = sum(1 for t in study.get_trials(deepcopy=False, states=_TOLD) if not _is_design_point(t))
         tunable = any(not isinstance(hp, Constant) for hp in self._cs.values())
         n_design = max(0, self.n_init - prior) if tunable else 0  # Sobol needs one free dimension
         scenario = Scenario(
@@ -256,7 +259,7 @@ class SmacSampler(BaseSampler):
 
         smac = self._smac
         told_any = False
-        for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
+        for t in sorted(study.get_trials(deepcopy=False, states=_TOLD), key=lambda t: t.number):
             if t.number in self._told or t.number == current:
                 continue  # running or waiting trials are told when finished; lost ones (FAIL) never ran
             self._told.add(t.number)
@@ -269,8 +272,12 @@ class SmacSampler(BaseSampler):
                 seed = self._seed_key if self._seed_key is not None else 0
                 info = TrialInfo(config=config, seed=seed)
             status = str(t.user_attrs.get(STATUS_ATTR, "ok"))
-            ok = status == "ok" and t.value is not None and math.isfinite(t.value)
+            ok = t.state == TrialState.COMPLETE and status == "ok" and t.value is not None and math.isfinite(t.value)
             cost = float(t.value) if ok else self.penalty
+            if t.state == TrialState.PRUNED:  # its last reported value (Optuna's value of a pruned trial)
+                status = "pruned"
+                last = t.user_attrs.get("pruned_value", t.value)
+                cost = float(last) if isinstance(last, (int, float)) and math.isfinite(last) else self.penalty
             spent = float(t.user_attrs.get("cost_s", 0.0))
             smac.tell(info, TrialValue(cost=cost, time=spent, status=_smac_status("ok" if ok else status)), save=False)
             told_any = True
@@ -286,7 +293,8 @@ class SmacSampler(BaseSampler):
         yields. Two workers could still pick the same point within the few milliseconds between
         another's read and its parameter writes.
         """
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE)):
+        states = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED)
+        for t in study.get_trials(deepcopy=False, states=states):
             if t.number == trial.number:
                 continue
             other = t.params or t.system_attrs.get("fixed_params") or t.system_attrs.get(PROPOSAL_ATTR)

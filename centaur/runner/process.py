@@ -5,7 +5,11 @@ is killed when it ends.
 Output: stdout and stderr go through a pipe to a reader thread in this process, which writes
 `log_path` (the first LOG_HEAD_BYTES and the last LOG_TAIL_BYTES of the stream, with a line saying how
 many bytes were cut between them) and hands every chunk to an optional callback (the metric scanner of
-`run_script`, which so sees the whole stream in bounded memory). The child never blocks on the pipe.
+`run_script`, which so sees the whole stream in bounded memory) and every line (`\n` or `\r` ends one) to
+another (`on_line`: the progress reader of a pruned study). The child never blocks on the pipe; the
+callbacks run on the reader thread, so they must be quick (hand work to another thread).
+A `StopRequest` (`stop`) set from any thread stops the trial like a timeout (SIGTERM to its group,
+SIGKILL after a grace period) within half a second; `stop.stopped` then says it was stopped for it.
 While the trial runs the log can be followed; past the head it grows to at most head + 2 x tail bytes
 and is compacted to head + note + tail (the file is rewritten behind the head: `tail -f` loses track).
 
@@ -52,6 +56,7 @@ from typing import BinaryIO
 import psutil
 
 from centaur.runner.outcome import MetricScanner
+from centaur.runner.progress import LineSplitter, StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,7 @@ class ProcessResult:
     log_path: Path
     output: str  # the log's tail, enough for classification
     metrics: dict[str, float] | None = None  # the metric lines of the whole output (last value per key)
+    stopped: bool = False  # killed because `stop` was requested (a pruned trial), not ended on its own
 
 
 def is_secret(name: str) -> bool:
@@ -158,12 +164,15 @@ def run_script(
     extra_env: Mapping[str, str] | None = None,
     python: str = sys.executable,
     tail_bytes: int = 256 * 1024,
+    on_line: Callable[[str], None] | None = None,
+    stop: StopRequest | None = None,
 ) -> ProcessResult:
     """Run `script` through the launcher; stdout and stderr go to `log_path` (capped, see the module).
 
     The trial inherits `trial_environment(os.environ, scrub=scrub_env, passthrough=env_passthrough)`;
     `extra_env` is set over it as given. `ProcessResult.metrics` holds the `key: number` lines of the
-    whole output, `output` the last `tail_bytes` of the log."""
+    whole output, `output` the last `tail_bytes` of the log. `on_line` gets every output line as it
+    comes (on the reader thread); `stop`, when requested, kills the trial (`ProcessResult.stopped`)."""
     env = trial_environment(os.environ, scrub=scrub_env, passthrough=env_passthrough)
     env["PYTHONUNBUFFERED"] = "1"
     extra = dict(extra_env or {})
@@ -177,9 +186,10 @@ def run_script(
     returncode, timed_out, wall = spawn_and_wait(
         [python, "-m", "centaur.runner.launch", str(script)],
         cwd=cwd, env=env, log_path=log_path, timeout_s=timeout_s, preexec_fn=_limits(memory_cap_bytes),
-        on_output=scanner.feed,
+        on_output=scanner.feed, on_line=on_line, stop=stop,
     )
-    return ProcessResult(returncode, timed_out, wall, log_path, read_tail(log_path, tail_bytes), scanner.result())
+    return ProcessResult(returncode, timed_out, wall, log_path, read_tail(log_path, tail_bytes), scanner.result(),
+                         stopped=stop is not None and stop.stopped)
 
 
 def spawn_and_wait(
@@ -195,12 +205,15 @@ def spawn_and_wait(
     log_head_bytes: int = LOG_HEAD_BYTES,
     log_tail_bytes: int = LOG_TAIL_BYTES,
     on_start: Callable[[int], None] | None = None,
+    on_line: Callable[[str], None] | None = None,
+    stop: StopRequest | None = None,
 ) -> tuple[int | None, bool, float]:
     """Run `argv` in its own process group with stdout and stderr to `log_path` (its head and tail),
     optionally writing `stdin_data` to it and handing each chunk of output to `on_output`; kill the
     whole group on timeout or when the caller is interrupted, and every process of the trial when it
     ends (see the module). `on_start` is called with the leader's pid once it runs (a watchdog may
-    kill its group). Returns (return code, timed out, wall seconds)."""
+    kill its group). `on_line` gets each line of output (on the reader thread); a requested `stop` kills
+    the group as a timeout does and sets `stop.stopped`. Returns (return code, timed out, wall seconds)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(16)
     env = {**env, TRIAL_ID_ENV: token}
@@ -219,7 +232,7 @@ def spawn_and_wait(
             preexec_fn=preexec_fn,
         )
         assert proc.stdout is not None
-        pump = _Pump(proc.stdout, _CappedLog(log_file, log_head_bytes, log_tail_bytes), on_output)
+        pump = _Pump(proc.stdout, _CappedLog(log_file, log_head_bytes, log_tail_bytes), on_output, on_line)
         trial = _TrialProcesses(proc.pid, token, before)
         try:
             if on_start is not None:
@@ -230,8 +243,12 @@ def spawn_and_wait(
                     proc.stdin.close()
                 except BrokenPipeError:
                     pass  # it died at start-up; the log says why
-            timed_out = _wait(proc, timeout_s, trial)
-            if timed_out:
+            ended = _wait(proc, timeout_s, trial, stop)
+            timed_out = ended == "timeout"
+            if ended == "stop":
+                assert stop is not None
+                stop.stopped = True
+            if ended != "exit":
                 kill_group(proc)
         except BaseException:
             kill_group(proc)  # the tuner is being stopped: never leave an orphaned training run
@@ -242,16 +259,19 @@ def spawn_and_wait(
     return proc.returncode, timed_out, time.monotonic() - start
 
 
-def _wait(proc: subprocess.Popen, timeout_s: float | None, trial: _TrialProcesses) -> bool:
-    """Wait for the leader, recording the trial's process tree meanwhile; True when it timed out."""
+def _wait(proc: subprocess.Popen, timeout_s: float | None, trial: _TrialProcesses, stop: StopRequest | None) -> str:
+    """Wait for the leader, recording the trial's process tree meanwhile; "exit" when it ended on its own,
+    "timeout" or "stop" (requested) when it must be killed."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
+        if stop is not None and stop.requested and proc.poll() is None:
+            return "stop"
         step = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
         if step <= 0:
-            return True
+            return "timeout"
         try:
             proc.wait(timeout=step)
-            return False
+            return "exit"
         except subprocess.TimeoutExpired:
             trial.observe()
 
@@ -447,13 +467,15 @@ class _CappedLog:
 
 class _Pump:
     """A thread that reads the child's output as it comes (so it never blocks on a full pipe), writes
-    it to the log and hands it to a callback."""
+    it to the log and hands it to the callbacks (chunks, lines)."""
 
-    def __init__(self, stream: BinaryIO, sink: _CappedLog, on_output: Callable[[bytes], None] | None) -> None:
+    def __init__(self, stream: BinaryIO, sink: _CappedLog, on_output: Callable[[bytes], None] | None,
+                 on_line: Callable[[str], None] | None = None) -> None:
         self.stream = stream
         self.fd = stream.fileno()
         self.sink: _CappedLog | None = sink
         self.on_output = on_output
+        self.lines = LineSplitter(on_line) if on_line is not None else None
         self.stop_at: float | None = None
         self.thread = threading.Thread(target=self._run, name="centaur-trial-output", daemon=True)
         self.thread.start()
@@ -489,11 +511,20 @@ class _Pump:
                 except Exception:
                     log.exception("scanning the trial's output failed")
                     self.on_output = None
+            if self.lines is not None:
+                try:
+                    self.lines.feed(data)
+                except Exception:
+                    log.exception("reading the trial's progress lines failed")
+                    self.lines = None
 
     def finish(self) -> None:
         """Read what is left (the writers are dead: up to the end of the stream), then close."""
         self.stop_at = time.monotonic()
         self.thread.join()
+        if self.lines is not None:
+            with contextlib.suppress(Exception):
+                self.lines.close()
         with contextlib.suppress(OSError):
             self.stream.close()
         if self.sink is not None:

@@ -101,7 +101,7 @@ class PendingResult:
     study_name: str
     trial_id: int
     number: int
-    state: str  # "COMPLETE" or "FAIL"
+    state: str  # "COMPLETE", "PRUNED" (stopped by the pruner) or "FAIL" (lost)
     value: float | None
     constraint: float | None
     user_attrs: dict[str, Any] = field(default_factory=dict)
@@ -178,6 +178,8 @@ def write_result(study: optuna.Study, r: PendingResult) -> None:
         # skip_if_finished: finished meanwhile by another worker that also held it (see the log above).
         if r.state == "FAIL":
             study.tell(r.number, state=TrialState.FAIL, skip_if_finished=True)
+        elif r.state == "PRUNED":  # Optuna keeps the last intermediate value as the trial's value
+            study.tell(r.number, state=TrialState.PRUNED, skip_if_finished=True)
         else:
             study.tell(r.number, r.value, skip_if_finished=True)
 

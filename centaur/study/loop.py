@@ -19,12 +19,23 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from centaur.runner.progress import ProgressPattern, watching
 from centaur.space import SearchSpace
 from centaur.study import optuna_private as op
 from centaur.study.durable import PendingResult, ResultJournal, StorageUnavailable, with_retries, write_result
 from centaur.study.identity import StudyIdentity
 from centaur.study.lost import HEARTBEAT_S, close_lost_trials, close_trial_as_lost, owner_tag
 from centaur.study.optuna_private import set_user_attrs, suggest_all
+from centaur.study.pruning import (
+    PRUNED_STATUS,
+    PRUNER_KEY,
+    PrunerError,
+    PrunerSettings,
+    TrialPruning,
+    progress_text,
+    pruner_differences,
+    study_pruner,
+)
 from centaur.study.records import RunningSummary, StudySummary, is_success
 from centaur.study.schema import (
     ALIVE_ATTR,
@@ -182,6 +193,7 @@ def open_study(
     options: dict[str, Any] | None = None,
     notices: list[str] | None = None,
     default_budget_s: float | None = DEFAULT_BUDGET_S,
+    pruner: PrunerSettings | None = None,
 ) -> optuna.Study:
     """Create or load the study; on creation, record what defines it and enqueue the script's defaults
     as trial 0 (the baseline).
@@ -189,8 +201,11 @@ def open_study(
     A resumed study must match what defines it (script, space, method, options, seed, penalty), or
     StudyMismatch names the differences. `budget_s` None keeps the study's budget (a new study gets
     `default_budget_s`; None: no budget); a larger one extends it, with a line in `notices`; a smaller
-    one is refused. `penalty` None keeps the study's (100 for a new one).
+    one is refused. `penalty` None keeps the study's (100 for a new one). `pruner` (None: "none") is part
+    of what defines the study: recorded in its identity when not "none", and a resume must match it (a
+    study that recorded no pruner has "none").
     """
+    pruner = pruner or PrunerSettings()
     study = optuna.create_study(
         storage=open_storage(storage), study_name=study_name, sampler=sampler, direction="minimize", load_if_exists=True
     )
@@ -198,15 +213,20 @@ def open_study(
     stored_penalty = attrs.get(STUDY_PENALTY)
     penalty = float(penalty if penalty is not None else stored_penalty if stored_penalty is not None else 100.0)
     identity = StudyIdentity.of(task, method=method, options=dict(options or {}), seed=seed, penalty=penalty)
+    identity_dict = identity.as_dict()
+    if pruner.active:  # studies without a pruner keep the identity they always had
+        identity_dict[PRUNER_KEY] = pruner.as_dict()
     if STUDY_METHOD in attrs:
         stored = attrs.get(IDENTITY_ATTR)
         if isinstance(stored, dict):
-            diffs = identity.differences(stored)
-            script_only = bool(diffs) and not identity.differences({**stored, "task_hash": identity.task_hash})
+            diffs = identity.differences(stored) + pruner_differences(pruner, stored)
+            script_only = bool(diffs) and not (
+                identity.differences({**stored, "task_hash": identity.task_hash}) + pruner_differences(pruner, stored)
+            )
             if script_only and not any(is_success(t) for t in study.get_trials(deepcopy=False)):
                 # Only the script changed, and nothing it measured succeeded: the usual fix of a broken script.
                 diffs = []
-                study.set_user_attr(IDENTITY_ATTR, identity.as_dict())
+                study.set_user_attr(IDENTITY_ATTR, identity_dict)
                 if notices is not None:
                     notices.append(f"study {study_name!r}: the script changed; no trial had succeeded, so it goes on")
         else:  # a study from before identities were recorded: what it has must still match
@@ -214,21 +234,21 @@ def open_study(
                 f"{key} is {want!r}, the study's is {attrs.get(key)!r}"
                 for key, want in ((STUDY_METHOD, method), (STUDY_SEED, seed), (STUDY_PENALTY, penalty))
                 if attrs.get(key) != want
-            ]
+            ] + pruner_differences(pruner, None)
         if diffs:
             raise StudyMismatch(
                 f"study {study_name!r} cannot be resumed with these settings: " + "; ".join(diffs) + ". "
                 "Run it again with the settings it was started with, or give another --study-name to start a new study"
             )
         if not isinstance(stored, dict):
-            study.set_user_attr(IDENTITY_ATTR, identity.as_dict())
+            study.set_user_attr(IDENTITY_ATTR, identity_dict)
     else:
         study.set_user_attr(STUDY_METHOD, method)
         study.set_user_attr(STUDY_SEED, seed)
         study.set_user_attr(STUDY_TASK, task.name)
         study.set_user_attr(STUDY_PENALTY, penalty)
         study.set_user_attr(STUDY_SPACE, task.space.describe())
-        study.set_user_attr(IDENTITY_ATTR, identity.as_dict())
+        study.set_user_attr(IDENTITY_ATTR, identity_dict)
         if not study.get_trials(deepcopy=False):
             study.enqueue_trial(task.space.encode(task.space.defaults()), user_attrs={SOURCE_ATTR: "baseline"})
     current = attrs.get(STUDY_BUDGET) if STUDY_METHOD in attrs else None
@@ -275,6 +295,10 @@ class _FailureStreak:
         self.limit = limit
         self.signature: tuple[str, str] | None = None
         self.count = 0
+
+    def reset(self) -> None:
+        """A trial that ran (a pruned one): the streak is broken."""
+        self.signature, self.count = None, 0
 
     def add(self, result: TrialResult) -> bool:
         """Record one trial; True when the streak reached the limit."""
@@ -336,8 +360,12 @@ def run_worker(
     closes trials of dead workers as lost (their configuration is queued for one retry) and checks the
     budget against finished trials, so the budget is overshot by at most the trials already running:
     one per worker.
+
+    The study's pruner (its identity, centaur.study.pruning) is built here, so every worker prunes
+    alike; a pruned trial counts its cost, is recorded PRUNED and never counts towards a failure streak.
     """
     run_dir = Path(run_dir)
+    pattern = _progress_pattern(task, study)
     check_writable(run_dir)
     journal = ResultJournal(run_dir) if _persistent(study) else None
     replayed = journal.replay(study, write_result) if journal is not None else []
@@ -367,7 +395,8 @@ def run_worker(
             if stop.requested:
                 reason = "stopped by signal"
                 break
-            ran = _run_one(task, study, run_dir=run_dir, penalty=penalty, progress=progress, journal=journal)
+            ran = _run_one(task, study, run_dir=run_dir, penalty=penalty, progress=progress, journal=journal,
+                           pattern=pattern)
             if ran is None:
                 continue  # the trial went to another worker
             frozen, result = ran
@@ -375,7 +404,9 @@ def run_worker(
             if progress:
                 summary = with_retries(lambda: summarize_here(study), "reading the study")
                 progress.on_trial_end(frozen, summary)
-            if not keep_going:
+            if result.extra.get(STATUS_ATTR) == PRUNED_STATUS:
+                same_failures.reset()  # it ran: whatever failed before, this configuration did not
+            elif not keep_going:
                 hopeless = _hopeless(frozen, result, same_failures)
                 if hopeless:
                     if progress:
@@ -384,6 +415,23 @@ def run_worker(
     if progress:
         progress.on_stop(reason, summary)
     return TuneResult(study, summary, reason)
+
+
+def _progress_pattern(task: Task, study: optuna.Study) -> ProgressPattern | None:
+    """The task's progress regex when the study prunes (and then the study's pruner is set); None when
+    it does not."""
+    settings = study_pruner(study)
+    if not settings.active:
+        return None
+    text = progress_text(task)
+    if text is None:
+        raise PrunerError(
+            f"study {study.study_name!r} prunes ({settings.describe()}) but the task declares no "
+            "[task] progress regex in its centaur.toml (docs/pruning.md)"
+        )
+    pattern = ProgressPattern.compile(text)
+    study.pruner = settings.build()
+    return pattern
 
 
 def _propose(space: SearchSpace, trial: optuna.Trial) -> dict[str, Any]:
@@ -427,8 +475,11 @@ def _run_one(
     penalty: float,
     progress: ProgressHook | None,
     journal: ResultJournal | None = None,
+    pattern: ProgressPattern | None = None,
 ) -> tuple[FrozenTrial | optuna.Trial, TrialResult] | None:
-    """Run one trial; None when it went to another worker. The stored trial is re-read only for progress."""
+    """Run one trial; None when it went to another worker. The stored trial is re-read only for progress.
+    With a progress `pattern` (a pruned study), its intermediate values are reported while it runs and
+    the pruner may stop it; the returned result of a pruned trial has extra status "pruned"."""
     started_trial = _start_trial(task, study)
     if started_trial is None:
         return None
@@ -437,8 +488,13 @@ def _run_one(
         progress.on_trial_start(trial.number, config)
     started = time.monotonic()
     disk_error: OSError | None = None
+    pruning = TrialPruning(study, trial, pattern) if pattern is not None else None
     try:
-        with Heartbeat(study, op.trial_id(trial)) if _persistent(study) else contextlib.nullcontext():
+        with (
+            Heartbeat(study, op.trial_id(trial)) if _persistent(study) else contextlib.nullcontext(),
+            pruning if pruning is not None else contextlib.nullcontext(),
+            watching(pruning.watch if pruning is not None else None),
+        ):
             result = task.evaluate(config, trial_number=trial.number, run_dir=run_dir)
     except KeyboardInterrupt:
         # Aborted by a second stop signal: the trial is lost (its cost counted) and queued for a retry.
@@ -455,6 +511,12 @@ def _run_one(
         log.exception("trial %d: the task raised", trial.number)
         elapsed = time.monotonic() - started
         result = TrialResult(TrialStatus.CRASH, cost_s=elapsed, wall_s=elapsed, error=f"{type(e).__name__}: {e}")
+    if pruning is not None and pruning.pruned:
+        record_result(study, trial, result, penalty, journal=journal, pruned=pruning.attrs())
+        result.extra[STATUS_ATTR] = PRUNED_STATUS
+        if progress:
+            return with_retries(lambda: op.read_trial(study, trial), "reading a trial"), result
+        return trial, result
     if result.status is not TrialStatus.OK and _persistent(study):
         # A failure may be the disk's fault, not the configuration's (a full disk makes the script crash
         # when it writes its log): then the trial is lost, its configuration retried, and this worker stops.
@@ -479,13 +541,17 @@ def record_result(
     penalty: float,
     *,
     journal: ResultJournal | None = None,
+    pruned: dict[str, Any] | None = None,
 ) -> None:
     """Write a finished trial: COMPLETE with its value, or with `penalty` and the failed constraint for a
-    failure; FAIL for a lost one. Kept in `journal` until the storage confirmed it, and retried."""
+    failure; FAIL for a lost one; PRUNED (`pruned`: its step and value attributes) for one the pruner
+    stopped, with status "pruned", its wall seconds as its cost and no failed constraint. Kept in
+    `journal` until the storage confirmed it, and retried."""
     ok = result.status is TrialStatus.OK and result.value is not None and math.isfinite(result.value)
+    status = result.status.value if ok or result.status is not TrialStatus.OK else TrialStatus.CRASH.value
     attrs: dict[str, Any] = {
-        STATUS_ATTR: result.status.value if ok or result.status is not TrialStatus.OK else TrialStatus.CRASH.value,
-        COST_ATTR: float(result.cost_s),
+        STATUS_ATTR: PRUNED_STATUS if pruned is not None else status,
+        COST_ATTR: float(result.wall_s if pruned is not None else result.cost_s),
         WALL_ATTR: float(result.wall_s),
         "metrics": {k: v for k, v in result.metrics.items() if math.isfinite(v)},
     }
@@ -500,14 +566,24 @@ def record_result(
             and not (isinstance(value, float) and not math.isfinite(value))
         ):
             attrs[key] = value
-    lost = result.status is TrialStatus.LOST
+    if pruned is not None:
+        attrs.update(pruned)
+        attrs[STATUS_ATTR] = PRUNED_STATUS
+        attrs.pop("error", None)  # the kill's exit code is no error of the configuration
+    lost = result.status is TrialStatus.LOST and pruned is None
+    if pruned is not None:
+        state, value, constraint = "PRUNED", None, 0.0  # it ran fine: not infeasible to constrained samplers
+    elif lost:
+        state, value, constraint = "FAIL", None, None
+    else:
+        state, value, constraint = "COMPLETE", (float(result.value) if ok else float(penalty)), (0.0 if ok else 1.0)
     pending = PendingResult(
         study_name=study.study_name,
         trial_id=op.trial_id(trial),
         number=trial.number,
-        state="FAIL" if lost else "COMPLETE",
-        value=None if lost else (float(result.value) if ok else float(penalty)),
-        constraint=None if lost else (0.0 if ok else 1.0),
+        state=state,
+        value=value,
+        constraint=constraint,
         user_attrs=attrs,
     )
     if journal is not None:

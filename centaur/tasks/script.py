@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import shlex
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,15 +15,30 @@ from centaur.config import ProjectConfig, config_path_for, load_config
 from centaur.hardware import describe_hardware
 from centaur.paths import absolute_path
 from centaur.runner import classify, inject, run_script
+from centaur.runner.inject import argv_for
+from centaur.runner.outcome import metric_file_values, metric_values, reduce_values
+from centaur.runner.progress import ProgressPattern, ProgressReader, current_watch
 from centaur.space import SearchSpace, load_space
 from centaur.tasks.base import TrialResult, TrialStatus
 
 DEFAULT_TIMEOUT_S = 3600.0
+ARGV_SHIM = "centaur_argv.py"
+
+
+def _argv_shim(work_copy: Path, args: list[str]) -> str:
+    """A starter that runs the work copy as __main__ with the trial's command-line arguments."""
+    return (
+        f"# Written by centaur: runs {work_copy.name} with this trial's arguments (see args.txt).\n"
+        "import runpy\nimport sys\n\n"
+        f"sys.argv = [{str(work_copy)!r}, *{args!r}]\n"
+        f"runpy.run_path({str(work_copy)!r}, run_name='__main__')\n"
+    )
 
 
 @dataclass
 class ScriptTask:
-    """Tune the ALL_CAPS constants of a Python training script that prints `metric: value`."""
+    """Tune a Python training script: its ALL_CAPS constants, lowercase globals or argparse options
+    (centaur.space.sources), reading the metric as `[task]` says (`metric: value` lines by default)."""
 
     script: Path
     space: SearchSpace
@@ -55,13 +73,103 @@ class ScriptTask:
         trial_dir.mkdir(parents=True, exist_ok=True)
         work_copy = trial_dir / self.script.name
         source = self.script.read_text(encoding="utf-8")
-        work_copy.write_text(inject(source, {**config, **self.space.fixed}, str(self.script)), encoding="utf-8")
-        return self.run_work_copy(work_copy, trial_dir)
+        values = {**config, **self.space.fixed}
+        target = work_copy
+        if getattr(self.space, "source", "constants") == "argparse":
+            args = self.trial_args(config)
+            work_copy.write_text(source, encoding="utf-8")
+            (trial_dir / "args.txt").write_text(shlex.join(args) + "\n", encoding="utf-8")
+            target = trial_dir / ARGV_SHIM
+            target.write_text(_argv_shim(work_copy, args), encoding="utf-8")
+        else:
+            work_copy.write_text(inject(source, values, str(self.script)), encoding="utf-8")
+        self._clear_metric_file(trial_dir)
+        return self._read_metric(self.run_work_copy(target, trial_dir), trial_dir)
+
+    def trial_args(self, config: dict[str, Any]) -> list[str]:
+        """The command-line arguments of a trial: the argparse options of `config` (none for other sources)."""
+        arguments = getattr(self.space, "arguments", {})
+        if getattr(self.space, "source", "constants") != "argparse":
+            return []
+        return argv_for(arguments, {**config, **self.space.fixed})
+
+    # -- the metric, when [task] asks for more than `name: number` lines -----------------------------
+    def _metric_file_paths(self, trial_dir: Path) -> list[Path]:
+        name = self.config.metric.file
+        if name is None:
+            return []
+        path = Path(name)
+        if path.is_absolute():
+            return [path]
+        return [trial_dir / path, self.script.parent / path]  # beside the work copy's __file__, or in the cwd
+
+    def _clear_metric_file(self, trial_dir: Path) -> None:
+        """A file left by an earlier run must not count for this one."""
+        for path in self._metric_file_paths(trial_dir):
+            path.unlink(missing_ok=True)
+
+    def _read_metric(self, result: TrialResult, trial_dir: Path) -> TrialResult:
+        """`result` with its value read as `[task]` says (a regex, key=value, JSON lines, a metrics file;
+        last/min/max; a maximised metric is negated, as the study minimises)."""
+        spec = self.config.metric
+        if spec.default:
+            return result
+        metric_unread = result.status is TrialStatus.CRASH or (
+            result.status is TrialStatus.DIVERGED and (result.error or "").startswith(f"{self.metric} is ")
+        )
+        if result.extra.get("returncode") != 0 or not (result.status is TrialStatus.OK or metric_unread):
+            return result
+        text = ""
+        if result.log_path:
+            try:
+                text = Path(result.log_path).read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                text = ""
+        metrics = dict(result.metrics)
+        if spec.file is not None:
+            values, where = [], f"metric file {spec.file}"
+            for path in self._metric_file_paths(trial_dir):
+                if path.is_file():
+                    values = metric_file_values(path.read_text(encoding="utf-8", errors="replace"), self.metric)
+                    if path.parent != trial_dir:
+                        shutil.move(str(path), str(trial_dir / path.name))  # kept with the trial, never read again
+                    break
+        else:
+            values = metric_values(text, self.metric, spec.regex)
+            where = f"metric_regex {spec.regex!r}" if spec.regex else f"'{self.metric}: <number>' or '=<number>'"
+        real = reduce_values(values, spec.reduce)
+        wall = result.wall_s
+        if real is None:
+            return dataclasses.replace(
+                result, status=TrialStatus.CRASH, value=None, cost_s=wall,
+                error=f"exit code 0 but no value of {self.metric} ({where}) in the output",
+            )  # fmt: skip
+        metrics[self.metric] = real
+        if not math.isfinite(real):
+            return dataclasses.replace(result, status=TrialStatus.DIVERGED, value=None, cost_s=wall, metrics=metrics,
+                                       error=f"{self.metric} is {real}")  # fmt: skip
+        training = metrics.get("training_seconds")
+        if training is None and (found := metric_values(text, "training_seconds")):
+            training = found[-1]
+        cost = training if training is not None and math.isfinite(training) else wall
+        value = -real if spec.direction == "maximize" else real
+        extra = {**result.extra, "metric_value": real, "direction": spec.direction}
+        return dataclasses.replace(result, status=TrialStatus.OK, value=value, cost_s=cost, metrics=metrics,
+                                   error=None, extra=extra)  # fmt: skip
 
     def run_work_copy(self, work_copy: Path, trial_dir: Path) -> TrialResult:
         """Run an already written work copy (also used by the code-editing agent)."""
         runner = self.config.runner
         env = {"PYTHONPATH": str(self.script.parent), **self.extra_env}  # sibling modules (prepare.py) import
+        # A pruned study watches the trial (centaur.runner.progress): its progress lines are reported while
+        # it runs, and the pruner may stop it. Values are compared as the objective is, lower is better.
+        watch = current_watch()
+        reader = None
+        progress = self.config.task.get("progress")
+        if watch is not None and isinstance(progress, str) and progress.strip():
+            sign = -1.0 if getattr(getattr(self.config, "metric", None), "direction", "") == "maximize" else 1.0
+            report = watch.report
+            reader = ProgressReader(ProgressPattern.compile(progress), lambda steps, v: report(steps, sign * v))
         start = time.monotonic()
         proc = run_script(
             work_copy,
@@ -73,6 +181,8 @@ class ScriptTask:
             scrub_env=runner.scrub_env,
             env_passthrough=runner.env_passthrough,
             extra_env=env,
+            on_line=reader.feed_line if reader is not None else None,
+            stop=watch.stop if watch is not None else None,
         )
         outcome = classify(proc.returncode, proc.output, self.metric, timed_out=proc.timed_out, metrics=proc.metrics)
         wall = time.monotonic() - start
@@ -92,8 +202,13 @@ class ScriptTask:
 
     def describe(self) -> str:
         runner = self.config.runner
+        spec = self.config.metric
         lines = [self.config.task.get("description", f"Training script {self.script.name}.").strip()]
-        lines.append(f"Objective: minimize {self.metric} (printed by the script as '{self.metric}: <number>').")
+        if spec.direction == "maximize":
+            lines.append(f"Objective: maximize {self.metric}; the values reported here are -{self.metric}, "
+                         "so lower is better.")  # fmt: skip
+        else:
+            lines.append(f"Objective: minimize {self.metric} (printed by the script as '{self.metric}: <number>').")
         lines.append(f"Hardware: {describe_hardware(runner.memory_cap_bytes, runner.gpu_memory_fraction)}.")
         budget = self.space.constants.get("TIME_BUDGET")
         if budget:

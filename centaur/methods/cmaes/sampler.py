@@ -7,6 +7,12 @@ exponents are discrete values in [0, 1]; categoricals are one-hot. The search st
 study's CMA-ES (centre of the box, isotropic step 1/6 of the range), unless options say otherwise.
 Trials whose parameters did not come from CMA-ES's own sample (the baseline, enqueued points, points
 proposed by an LLM in Centaur) are told to CMA-ES with exactly the values that ran.
+
+Pruned trials (Optuna PRUNED, status "pruned") are members of their generation like any finished
+trial, ranked as failures are: behind the generation's worst success (a pruner stopped them because
+they were worse than the others at the same step), but ahead of every real failure (they ran), and
+among themselves the later-pruned first, then by their last reported value. They count as feasible
+for the out-of-memory model and for the failures' distance ranking.
 """
 
 from __future__ import annotations
@@ -179,7 +185,8 @@ class CatCmaSampler(BaseSampler):
 
     @staticmethod
     def _completed(study: optuna.Study) -> list[FrozenTrial]:
-        return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        """The finished trials CMA-ES is told: complete ones and pruned ones (lost ones never ran)."""
+        return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
 
     def _members(self, study: optuna.Study, opt: CatCMAwM,
                  completed: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
@@ -192,7 +199,7 @@ class CatCmaSampler(BaseSampler):
             for t in (completed if completed is not None else self._completed(study))
             if t.system_attrs.get(GEN_ATTR, opt.generation + 1) <= opt.generation
             and t.number not in told
-            and t.value is not None
+            and (t.value is not None or t.state == TrialState.PRUNED)
         ]
         if self.external_failures == "skip":
             members = [t for t in members if not (t.system_attrs.get(EXTERNAL_ATTR) and _failed(t))]
@@ -206,16 +213,25 @@ class CatCmaSampler(BaseSampler):
 
         Failures rank among themselves by their distance to the nearest configuration that ran
         (`feasible`, numeric coordinates on CMA-ES's scale): a generation that failed entirely (a start
-        in an out-of-memory region) still moves the search towards where trials succeed."""
+        in an out-of-memory region) still moves the search towards where trials succeed.
+
+        Pruned trials rank just behind the worst success and ahead of every failure: the later a trial
+        was pruned the better, then the lower its last reported value."""
         ok = [float(t.value) for t in members if not _failed(t)]  # type: ignore[arg-type]
-        worst = max(ok) if ok else max(float(t.value) for t in members)  # type: ignore[arg-type]
+        failures = [float(t.value) for t in members if _failed(t) and not _pruned(t) and t.value is not None]
+        worst = max(ok) if ok else max(failures, default=0.0)
+        by_progress = sorted((t for t in members if _pruned(t)), key=_pruned_rank)
+        pruned_rank = {t.number: r for r, t in enumerate(by_progress)}
         values = []
         for i, t in enumerate(members):
-            if not _failed(t) or (self.external_failures == "penalty" and t.system_attrs.get(EXTERNAL_ATTR)):
+            if _pruned(t):
+                values.append(worst + 1e-9 * (pruned_rank[t.number] + 1))
+            elif not _failed(t) or (self.external_failures == "penalty" and t.system_attrs.get(EXTERNAL_ATTR)):
                 values.append(float(t.value))  # type: ignore[arg-type]
             else:
                 d = self._distance(t, feasible) if feasible else 0.0
-                values.append(worst + 1e-6 * d + 1e-12 * (i + 1))
+                behind = 1e-6 if by_progress else 0.0  # behind the pruned ones (unchanged without any)
+                values.append(worst + behind + 1e-6 * d + 1e-12 * (i + 1))
         return values
 
     def coords(self, config: dict[str, Any]) -> np.ndarray:
@@ -235,7 +251,7 @@ class CatCmaSampler(BaseSampler):
         return [
             self.coords(self.space.decode(t.params))
             for t in completed
-            if not _failed(t) and all(p.key in t.params for p in self.space)
+            if (not _failed(t) or _pruned(t)) and all(p.key in t.params for p in self.space)
         ]
 
     def _update(self, study: optuna.Study, opt: CatCMAwM, completed: list[FrozenTrial] | None = None) -> CatCMAwM:
@@ -289,8 +305,8 @@ class CatCmaSampler(BaseSampler):
     def fit_failure_model(self, completed: list[FrozenTrial]) -> FailureModel:
         assert self.failure_model is not None
         trials = [t for t in completed if all(p.key in t.params for p in self.space)]
-        return self.failure_model.fit([self.space.decode(t.params) for t in trials],
-                                      [t.user_attrs.get(STATUS_ATTR, "ok") for t in trials])
+        statuses = ["ok" if _pruned(t) else t.user_attrs.get(STATUS_ATTR, "ok") for t in trials]  # pruned: it ran
+        return self.failure_model.fit([self.space.decode(t.params) for t in trials], statuses)
 
     def _feasible_draw(self, opt: CatCMAwM, first: CatCMAwM.Solution, model: FailureModel) -> CatCMAwM.Solution:
         """The first of up to RESAMPLES draws that is not predicted to run out of memory (rejection
@@ -328,7 +344,7 @@ class CatCmaSampler(BaseSampler):
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
         # Points that bypassed sample_relative join the current generation (the trial is still writable here).
-        if GEN_ATTR not in trial.system_attrs and state == TrialState.COMPLETE:
+        if GEN_ATTR not in trial.system_attrs and state in (TrialState.COMPLETE, TrialState.PRUNED):
             op.set_trial_system_attr(study, trial, GEN_ATTR, self._load(study).generation)
 
     def sample_independent(
@@ -338,7 +354,18 @@ class CatCmaSampler(BaseSampler):
 
 
 def _failed(t: FrozenTrial) -> bool:
-    return t.user_attrs.get(STATUS_ATTR, "ok") != "ok"
+    return t.user_attrs.get(STATUS_ATTR, "ok") != "ok" or t.state == TrialState.PRUNED
+
+
+def _pruned(t: FrozenTrial) -> bool:
+    return t.state == TrialState.PRUNED or t.user_attrs.get(STATUS_ATTR) == "pruned"
+
+
+def _pruned_rank(t: FrozenTrial) -> tuple[float, float, int]:
+    """Later-pruned first, then lower last value (a pruned trial's value is its last reported one)."""
+    step = t.last_step if t.last_step is not None else t.user_attrs.get("pruned_step", -1)
+    value = t.value if t.value is not None and math.isfinite(t.value) else math.inf
+    return (-float(step), float(value), t.number)
 
 
 CMAES_OPTIONS = {"popsize", "sigma0", "start", "avoid_oom"}

@@ -52,8 +52,11 @@ class Observation:
 
     number: int
     config: dict[str, Any]
-    status: str  # "ok", a failure class (oom, crash, ...) or "running"
-    value: float | None  # the objective of a success; for a failure, the value Optuna was told (penalty)
+    status: str  # "ok", a failure class (oom, crash, ...), "pruned" or "running"
+    value: float | None  # the objective of a success; for a failure, the value Optuna was told (penalty);
+    # for a pruned trial, its last reported intermediate value
+    step: int | None = None  # a pruned trial: the last step it reported (seconds unless unit says "step")
+    unit: str = "s"
 
     @property
     def ok(self) -> bool:
@@ -113,6 +116,13 @@ def read_history(study: optuna.Study, space: SearchSpace, exclude: int | None = 
             finished.append(Observation(t.number, config, status if value is not None else "diverged", value))
         elif t.state == TrialState.FAIL:
             finished.append(Observation(t.number, config, str(t.user_attrs.get(STATUS_ATTR, "lost")), None))
+        elif t.state == TrialState.PRUNED:
+            value = t.user_attrs.get("pruned_value", t.value)
+            step = t.user_attrs.get("pruned_step", t.last_step)
+            finished.append(Observation(
+                t.number, config, "pruned", float(value) if isinstance(value, (int, float)) else None,
+                int(step) if isinstance(step, (int, float)) else None, str(t.user_attrs.get("progress_unit", "s")),
+            ))
     minimize = len(study.directions) != 1 or study.direction != StudyDirection.MAXIMIZE
     return History(finished, pending, minimize)
 
@@ -141,12 +151,23 @@ def config_text(config: Mapping[str, Any], names: Iterable[str]) -> str:
 
 
 def failure_text(obs: Observation) -> str:
+    if obs.status == "pruned":
+        return pruned_text(obs)
     return FAILURE_TEXT.get(obs.status, obs.status)
+
+
+def pruned_text(obs: Observation) -> str:
+    """A trial the pruner stopped: `pruned at 60 s, val 1.12` (where it stopped, its last value there)."""
+    where = "" if obs.step is None else f" at {obs.step} s" if obs.unit == "s" else f" at step {obs.step}"
+    value = f", val {obs.value:.4g}" if obs.value is not None and math.isfinite(obs.value) else ""
+    return f"pruned{where}{value}"
 
 
 def outcome_text(obs: Observation, metric: str) -> str:
     if obs.ok:
         return f"{metric}={obs.value:.6g}"
+    if obs.status == "pruned":
+        return pruned_text(obs)
     return f"FAILED: {failure_text(obs)}"
 
 

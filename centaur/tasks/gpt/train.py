@@ -2,7 +2,10 @@
 
 Run `python train.py` from this directory. The ALL_CAPS literals below the imports are the
 hyperparameters the tuner rewrites; the task constants after them are excluded from the
-search space. The script prints a `---` summary block whose `val_bpb` is the metric.
+search space. The script prints a `---` summary block whose `val_bpb` is the metric. While it trains it prints a
+cheap estimate of it, `progress t=<seconds>s val_est=<bpb>`, at every eighth of the time budget of
+counted training (bits per byte on a fixed 1/16 of the evaluation bytes; the evaluation is not counted
+as training time): the intermediate values a pruned study reports (centaur.toml's `[task] progress`).
 
 Exit codes: 0 ok, 3 invalid configuration (`INVALID: ...`, before any training),
 4 diverged (`FAIL: loss diverged at step N`), 1 crash or out of memory (Python traceback).
@@ -60,6 +63,8 @@ _REFERENCE_PRESET = {
 }  # fmt: skip
 _H100_BF16_PEAK_FLOPS = 989.5e12
 _CPU_PEAK_FLOPS_PER_THREAD = 1.0e11  # nominal (AVX-512 FMA at ~3 GHz); MFU on CPU is indicative only
+_PROGRESS_MARKS = 8  # progress estimates per run, at equal shares of TIME_BUDGET (the last share is the result)
+_PROGRESS_SHARE = 16  # an estimate scores EVAL_BYTES // this many bytes
 _ADAM_BETAS = (0.8, 0.95)
 _SOFTCAP = 15.0
 
@@ -321,6 +326,21 @@ def evaluate_bpb(model: nn.Module, val: np.ndarray, batch: int, device: torch.de
     return total_nats / (n_seq * MAX_SEQ_LEN) / math.log(2)
 
 
+@torch.no_grad()
+def estimate_bpb(model: nn.Module, val: np.ndarray, batch: int, device: torch.device, autocast) -> float:
+    """A cheap intermediate estimate of val_bpb for progress lines: bits per byte over a fixed
+    1/_PROGRESS_SHARE of the evaluation bytes, windows spread evenly over the validation split."""
+    n_seq = max(1, EVAL_BYTES // _PROGRESS_SHARE // MAX_SEQ_LEN)
+    starts = np.linspace(0, len(val) - MAX_SEQ_LEN - 1, n_seq).astype(np.int64)
+    windows = torch.from_numpy(val[starts[:, None] + np.arange(MAX_SEQ_LEN + 1)].astype(np.int64))
+    total_nats = 0.0
+    for i in range(0, n_seq, batch):
+        chunk = windows[i : i + batch].to(device)
+        with autocast:
+            total_nats += model(chunk[:, :-1], chunk[:, 1:], reduction="sum").item()
+    return total_nats / (n_seq * MAX_SEQ_LEN) / math.log(2)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -396,6 +416,8 @@ def main() -> int:
     end = "\r" if sys.stdout.isatty() else "\n"
     x, y = batches.next()
     step, counted = 0, 0.0
+    every = TIME_BUDGET / _PROGRESS_MARKS
+    next_mark = every
     while True:
         sync()
         t0 = time.perf_counter()
@@ -438,6 +460,13 @@ def main() -> int:
         )
         if step > cfg["uncounted_steps"] and counted >= TIME_BUDGET:
             break
+        if counted >= next_mark:  # an intermediate estimate, outside the counted time
+            mark = int(counted // every) * every
+            estimate = estimate_bpb(model, val_data, DEVICE_BATCH_SIZE, device, autocast)
+            if end == "\r":
+                print()  # below the live step line
+            print(f"progress t={mark:g}s val_est={estimate:.4f}", flush=True)
+            next_mark = mark + every
     if end == "\r":
         print()
 

@@ -211,7 +211,7 @@ def tune_cmd(
         _aborted()
     s = result.summary
     console.print(
-        f"[bold]{s.name}[/]: {result.stop_reason}; {s.n_finished} trials, best {s.best_value} (trial {s.best_trial})"
+        f"[bold]{s.name}[/]: {result.stop_reason}; {s.n_finished} trials, best {s.best_metric} (trial {s.best_trial})"
     )
     if s.best_config:
         console.print_json(json.dumps(s.best_config))
@@ -242,7 +242,7 @@ def worker(
     except KeyboardInterrupt:
         _aborted()
     s = result.summary
-    console.print(f"[bold]{s.name}[/]: {result.stop_reason}; {s.n_finished} trials in the study, best {s.best_value}")
+    console.print(f"[bold]{s.name}[/]: {result.stop_reason}; {s.n_finished} trials in the study, best {s.best_metric}")
 
 
 @app.command()
@@ -304,7 +304,7 @@ def _status_row(s: StudySummary) -> dict[str, str]:
     budget = f"{format_duration(s.used_s)} / {format_duration(s.budget_s)}" if s.budget_s else format_duration(s.used_s)
     if s.budget_s:
         budget += f" ({100 * s.used_s / s.budget_s:.0f}%)"
-    best = f"{s.best_value:.6f}" if s.best_value is not None else "-"
+    best = f"{s.best_metric:.6f}" if s.best_metric is not None else "-"
     if s.best_value is not None and s.best_trial is not None:
         best += f" (trial {s.best_trial})"
     values = (
@@ -336,7 +336,7 @@ def best(
         s = summarize(st)
         if s.best_config is None:
             raise ValueError(f"study {study_name!r} has no successful trial yet")
-        console.print(f"best {s.best_value:.6f} at trial {s.best_trial}")
+        console.print(f"best {s.best_metric:.6f} at trial {s.best_trial}")
         console.print_json(json.dumps(s.best_config))
         if script is not None:
             out = output or script.with_name(f"{script.stem}_best{script.suffix}")

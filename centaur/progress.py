@@ -39,7 +39,7 @@ class RichProgress:
         else:  # stopped by --n-trials only
             self.bar.update(self.task_id, total=None, description=f"{format_duration(s.used_s)} (no budget set)")
         fails = ", ".join(f"{k} {v}" for k, v in sorted(s.failures.items())) or "none"
-        best = f"{s.best_value:.6f} (trial {s.best_trial})" if s.best_value is not None else "-"
+        best = f"{s.best_metric:.6f} (trial {s.best_trial})" if s.best_metric is not None else "-"
         self.line = Text(f"trials {s.n_finished}  best {best}  failures: {fails}  {current}")
         self.live.update(Group(self.bar, self.line))
 

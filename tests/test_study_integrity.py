@@ -331,3 +331,16 @@ def test_a_bad_study_name_folder_is_sanitised() -> None:
     for name in ("..", "../../x", "/etc/passwd", ".hidden", "a b"):
         d = study_dirname(name)
         assert "/" not in d and not d.startswith(".") and d
+
+
+def test_a_maximised_metric_is_shown_as_the_script_printed_it(tmp_path: Path) -> None:
+    body = ("LEARNING_RATE = 0.01\nLAYERS = 3\nprint(f'accuracy: {0.5 + LAYERS / 100:.4f}')\n"
+            "print('training_seconds: 1.0')\n")
+    toml = ('[task]\nmetric = "accuracy"\ndirection = "maximize"\n\n'
+            '[space.params.LAYERS]\ntype = "int"\nlow = 1\nhigh = 8\n')
+    script = _project(tmp_path, body=body, toml=toml)
+    result = centaur.tune(script, method="random", n_trials=4, run_dir=tmp_path / "runs")
+    s = result.summary
+    assert s.best_metric is not None and s.best_metric > 0.5 and s.best_value == pytest.approx(-s.best_metric)
+    status = _cli(["status", "--run-dir", str(tmp_path / "runs")], cwd=tmp_path)
+    assert f"{s.best_metric:.6f}" in status.stdout and f"-{s.best_metric:.6f}" not in status.stdout

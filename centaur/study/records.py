@@ -71,6 +71,7 @@ class StudySummary:
     best_value: float | None = None
     best_trial: int | None = None
     best_config: dict[str, Any] | None = None
+    best_metric: float | None = None  # the best trial's metric as printed (a maximised one is stored negated)
 
     @property
     def budget_left_s(self) -> float | None:
@@ -135,5 +136,7 @@ def _add_finished(s: StudySummary, t: FrozenTrial) -> None:
         s.n_ok += 1
         if s.best_value is None or t.value < s.best_value:
             s.best_value, s.best_trial, s.best_config = t.value, t.number, t.user_attrs.get(CONFIG_ATTR)
+            printed = t.user_attrs.get("metric_value")
+            s.best_metric = float(printed) if isinstance(printed, (int, float)) else t.value
     else:
         s.failures[status_of(t)] += 1

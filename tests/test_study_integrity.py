@@ -344,3 +344,19 @@ def test_a_maximised_metric_is_shown_as_the_script_printed_it(tmp_path: Path) ->
     assert s.best_metric is not None and s.best_metric > 0.5 and s.best_value == pytest.approx(-s.best_metric)
     status = _cli(["status", "--run-dir", str(tmp_path / "runs")], cwd=tmp_path)
     assert f"{s.best_metric:.6f}" in status.stdout and f"-{s.best_metric:.6f}" not in status.stdout
+
+
+def test_the_surrogate_validation_table_reads_in_80_columns() -> None:
+    from rich.console import Console
+
+    from centaur.surrogate.validate import _COLUMNS, report_tables
+
+    row = {k: 0.123456 for _, k in _COLUMNS}
+    report = {"data": {"include_code": False}, "summary": {"cross-seed": row},
+              "splits": [dict(row, name="seed 0 -> 1"), dict(row, name="within Karpathy Agent (14 HPs, code)")]}
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    for table in report_tables(report, console.width):
+        console.print(table)
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert all(head in text for head, _ in _COLUMNS)

@@ -94,13 +94,14 @@ def validate(
 ) -> None:
     """Cross-seed and leave-one-method-out fidelity of the surrogate."""
     from centaur.surrogate.model import FitOptions
-    from centaur.surrogate.validate import report_table, validate_surrogate
+    from centaur.surrogate.validate import report_tables, validate_surrogate
 
     with _clear_errors():
         with _spinner() as say:
             report = validate_surrogate(trials, options=FitOptions(n_models=n_models), include_code=include_code,
                                         methods=methods, progress=lambda s: say(f"fitting: {s}"))
-    console.print(report_table(report))
+    for table in report_tables(report, console.width):
+        console.print(table)
     n = report["noise"]
     console.print(f"noise: {n['groups']} groups of exact repeats ({n['trials']} trials): sd median "
                   f"{n['median_sd']:.2e}, mean {n['mean_sd']:.2e}, pooled {n['pooled_sd']:.2e}")

@@ -198,21 +198,39 @@ def _f(v: Any, nd: int = 4) -> str:
     return str(v)
 
 
-def report_table(report: dict[str, Any]) -> Table:
-    """A rich table of the validation splits and their means."""
-    t = Table(title=f"Surrogate fidelity ({'with' if report['data']['include_code'] else 'without'} code trials)")
-    cols = [("split", "name"), ("n ok", "n_success"), ("Spearman", "spearman"), ("Kendall", "kendall"),
+_COLUMNS = [("split", "name"), ("n ok", "n_success"), ("Spearman", "spearman"), ("Kendall", "kendall"),
             ("RMSE", "rmse"), ("n<0.99", "comp_n"), ("Spear<0.99", "comp_spearman"),
             ("Kend<0.99", "comp_kendall"), ("RMSE<0.99", "comp_rmse"), ("novel n", "novel_n"),
             ("Spear novel", "novel_spearman"), ("Spear nov<0.99", "novel_comp_spearman"),
             ("feas acc", "feas_acc"), ("feas bacc", "feas_bacc")]
+# For a narrow terminal: the same numbers in three tables of a few columns each.
+_GROUPS = [
+    ("overall", ["n ok", "Spearman", "Kendall", "RMSE", "feas acc", "feas bacc"]),
+    ("competitive region (val_bpb < 0.99)", ["n<0.99", "Spear<0.99", "Kend<0.99", "RMSE<0.99"]),
+    ("novel configurations", ["novel n", "Spear novel", "Spear nov<0.99"]),
+]
+
+
+def report_table(report: dict[str, Any], columns: list[str] | None = None, title: str | None = None) -> Table:
+    """A rich table of the validation splits and their means (`columns`: a subset of the headers)."""
+    kind = "with" if report["data"]["include_code"] else "without"
+    t = Table(title=title or f"Surrogate fidelity ({kind} code trials)")
+    cols = [(h, k) for h, k in _COLUMNS if columns is None or h == "split" or h in columns]
     for head, _ in cols:
-        t.add_column(head, justify="left" if head == "split" else "right")
+        t.add_column(head, justify="left" if head == "split" else "right", overflow="fold")
     for s in report["splits"]:
         t.add_row(*[_f(s.get(k)) for _, k in cols])
-    for kind, means in report["summary"].items():
-        t.add_row(*[f"mean ({kind})" if k == "name" else _f(means.get(k)) for _, k in cols], style="bold")
+    for kind_, means in report["summary"].items():
+        t.add_row(*[f"mean ({kind_})" if k == "name" else _f(means.get(k)) for _, k in cols], style="bold")
     return t
+
+
+def report_tables(report: dict[str, Any], width: int) -> list[Table]:
+    """One wide table, or on a terminal narrower than it needs, three narrow ones."""
+    if width >= 170:
+        return [report_table(report)]
+    kind = "with" if report["data"]["include_code"] else "without"
+    return [report_table(report, cols, f"Surrogate fidelity ({kind} code trials): {name}") for name, cols in _GROUPS]
 
 
 def format_report(report: dict[str, Any], width: int = 200) -> str:

@@ -211,7 +211,8 @@ def tune_cmd(
         _aborted()
     s = result.summary
     console.print(
-        f"[bold]{s.name}[/]: {result.stop_reason}; {s.n_finished} trials, best {s.best_metric} (trial {s.best_trial})"
+        f"[bold]{s.name}[/]: {result.stop_reason}; {s.n_finished} trials, best "
+        + (f"{s.best_metric:.6f} (trial {s.best_trial})" if s.best_metric is not None else "- (no ok trial yet)")
     )
     if s.best_config:
         console.print_json(json.dumps(s.best_config))

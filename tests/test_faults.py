@@ -260,11 +260,12 @@ def test_run_directory_read_only_or_full(tmp_path: Path, fault: str) -> None:
     assert_study_sound(study, eval_lines(log), budget_s=None, workers=2, ok_cost_s=1.0)
     lost = [t for t in study.trials if t.user_attrs.get("status") == "lost"]
     assert lost and all("run directory not writable" in t.user_attrs["error"] for t in lost)
-    resumed = subprocess.run(_tune(storage, name, run_dir, "6s", 2), env=_env(log, 0.3, 1.0), capture_output=True,
+    # The same command resumes (a smaller --budget would be refused: a study's budget never shrinks).
+    resumed = subprocess.run(_tune(storage, name, run_dir, "30s", 2), env=_env(log, 0.3, 1.0), capture_output=True,
                              text=True, timeout=150)  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     study = _study(storage, name)
-    assert_study_sound(study, eval_lines(log), budget_s=6.0, workers=2, ok_cost_s=1.0)
+    assert_study_sound(study, eval_lines(log), budget_s=30.0, workers=2, ok_cost_s=1.0)
     first_losses = {t.number for t in lost if "retry_of" not in t.user_attrs}  # a retry is not retried again
     assert {t.user_attrs.get("retry_of") for t in study.trials} >= first_losses
 

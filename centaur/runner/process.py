@@ -219,7 +219,9 @@ def spawn_and_wait(
     env = {**env, TRIAL_ID_ENV: token}
     start = time.monotonic()
     timed_out = False
-    with _subreaper(), open(log_path, "w+b") as log_file:
+    # Unbuffered: a full disk fails the write the pump makes (and it reads on), never a flush at close,
+    # which would turn a trial that ran to its end into an error.
+    with _subreaper(), open(log_path, "w+b", buffering=0) as log_file:
         before = _child_pids()
         proc = subprocess.Popen(
             argv,

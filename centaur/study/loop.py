@@ -586,11 +586,23 @@ def record_result(
         constraint=constraint,
         user_attrs=attrs,
     )
+    disk_error: OSError | None = None
     if journal is not None:
-        journal.save(pending)
+        try:
+            journal.save(pending)
+        except OSError as e:  # the run directory filled up or turned read-only: the storage may still take it
+            if e.errno not in _DISK_ERRNOS:
+                raise
+            disk_error, journal = e, None
     write_result(study, pending)
     if journal is not None:
         journal.done(pending)
+    if disk_error is not None:
+        raise RunDirError(
+            f"run directory {disk_error.filename or ''} is not writable ({disk_error.strerror}); trial "
+            f"{trial.number}'s result was written to the study, but this worker stops: free space or fix the "
+            "permissions, then run the same command again to resume"
+        )
 
 
 __all__ = [

@@ -8,6 +8,7 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from centaur.runner.progress import LineSplitter
 from centaur.tasks.base import TrialStatus
 
 # `key: number` on a line of its own (blanks, not line breaks, around the number).
@@ -109,42 +110,25 @@ def _json_value(text: str, name: str) -> float | None:
 
 
 class MetricScanner:
-    """`parse_metrics` over a stream fed in chunks of bytes, in bounded memory: lines may be split across
-    chunks, `\\r` ends a line, and a line longer than MAX_LINE bytes (never a metric line) is skipped."""
-
-    MAX_LINE = 64 * 1024
+    """`parse_metrics` over a stream fed in chunks of bytes, line by line in bounded memory (the runner's
+    LineSplitter: lines split across chunks, `\r` ends a line, an overlong line, never a metric line, is
+    skipped)."""
 
     def __init__(self) -> None:
         self.metrics: dict[str, float] = {}
-        self._partial = b""
-        self._skipping = False  # inside an overlong line: up to its end nothing counts
+        self._lines = LineSplitter(self._scan)
 
     def feed(self, data: bytes) -> None:
-        data = data.replace(b"\r", b"\n")
-        if self._skipping:
-            end = data.find(b"\n")
-            if end < 0:
-                return
-            data, self._skipping = data[end + 1:], False
-        data = self._partial + data
-        end = data.rfind(b"\n")
-        if end >= 0:
-            self._scan(data[: end + 1])
-            data = data[end + 1:]
-        self._partial = data
-        if len(self._partial) > self.MAX_LINE:
-            self._partial, self._skipping = b"", True
+        self._lines.feed(data)
 
     def result(self) -> dict[str, float]:
         """The metrics of everything fed so far, the last line included even without its line break."""
-        if self._partial and not self._skipping:
-            self._scan(self._partial)
-            self._partial = b""
+        self._lines.close()
         return dict(self.metrics)
 
-    def _scan(self, block: bytes) -> None:
-        if b":" in block:
-            self.metrics.update(parse_metrics(block.decode("utf-8", errors="replace")))
+    def _scan(self, line: str) -> None:
+        if ":" in line:
+            self.metrics.update(parse_metrics(line))
 
 
 def classify(

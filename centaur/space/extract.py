@@ -75,21 +75,9 @@ def find_assignments(source: str, filename: str = "<script>") -> list[Assignment
     tree = parse_script(source, filename)
     found: dict[str, Assignment] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target, value = node.targets[0], node.value
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            target, value = node.target, node.value
-        else:
-            continue
-        if not isinstance(target, ast.Name) or not NAME_RE.match(target.id) or target.id in found:
-            continue
-        try:
-            v = constant_value(value)
-        except (ValueError, ArithmeticError):
-            continue
-        found[target.id] = Assignment(
-            target.id, v, value.lineno, value.end_lineno or value.lineno, value.col_offset, value.end_col_offset or 0
-        )
+        a = constant_assignment(node, NAME_RE)
+        if a is not None and a.name not in found:
+            found[a.name] = a
     return sorted(found.values(), key=lambda a: (a.lineno, a.col_offset))
 
 
@@ -110,3 +98,22 @@ def sibling_constants(script: Path) -> dict[str, Any]:
                 except (ScriptError, UnicodeDecodeError):
                     continue
     return constants
+
+
+def constant_assignment(node: ast.AST, name_re: re.Pattern[str]) -> Assignment | None:
+    """`NAME = constant` (or `NAME: T = constant`) with a name `name_re` accepts, else None."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target, value = node.targets[0], node.value
+    elif isinstance(node, ast.AnnAssign) and node.value is not None:
+        target, value = node.target, node.value
+    else:
+        return None
+    if not isinstance(target, ast.Name) or not name_re.match(target.id):
+        return None
+    try:
+        v = constant_value(value)
+    except (ValueError, ArithmeticError):
+        return None
+    return Assignment(
+        target.id, v, value.lineno, value.end_lineno or value.lineno, value.col_offset, value.end_col_offset or 0
+    )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from centaur.space.curated import heuristic_param
-from centaur.space.extract import Assignment, constant_value, find_assignments, parse_script
+from centaur.space.extract import Assignment, constant_assignment, constant_value, find_assignments, parse_script
 from centaur.space.params import Param
 
 SOURCES: tuple[str, ...] = ("constants", "globals", "argparse")
@@ -61,22 +61,9 @@ def find_globals(source: str, filename: str = "<script>") -> list[Assignment]:
             if isinstance(node, (ast.If, ast.Try)):
                 visit(node.body)
                 continue
-            if isinstance(node, ast.Assign) and len(node.targets) == 1:
-                target, value = node.targets[0], node.value
-            elif isinstance(node, ast.AnnAssign) and node.value is not None:
-                target, value = node.target, node.value
-            else:
-                continue
-            if not isinstance(target, ast.Name) or not _LOWER_RE.match(target.id) or target.id in found:
-                continue
-            try:
-                v = constant_value(value)
-            except (ValueError, ArithmeticError):
-                continue
-            found[target.id] = Assignment(
-                target.id, v, value.lineno, value.end_lineno or value.lineno, value.col_offset,
-                value.end_col_offset or 0,
-            )  # fmt: skip
+            a = constant_assignment(node, _LOWER_RE)
+            if a is not None and a.name not in found:
+                found[a.name] = a
 
     visit(tree.body)
     return sorted(found.values(), key=lambda a: (a.lineno, a.col_offset))

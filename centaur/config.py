@@ -27,6 +27,7 @@ class RunnerSettings:
     gpu_memory_fraction: float | None = None  # passed to a launcher that applies it before the script runs
     scrub_env: bool = True  # trials get an allowlisted environment (keys and tokens never reach them anyway)
     env_passthrough: list[str] = field(default_factory=list)  # names or glob patterns kept when scrubbing
+    command: str | None = None  # [runner] command: how a trial is started ({python} {script} {args} {config})
 
 
 @dataclass
@@ -41,7 +42,9 @@ class ProjectConfig:
     llm: dict[str, Any] = field(default_factory=dict)
     study: dict[str, Any] = field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
-    space_source: str | None = None  # [space] source: constants | globals | argparse; None: detected
+    space_source: str | None = None  # [space] source: constants | globals | argparse | config; None: detected
+    space_config: str | None = None  # [space] config: the YAML/JSON/TOML file the script reads (as written)
+    config_inject: str = "copy"  # [space] config_inject: copy (a per-trial copy of the file) | overrides
     metric: MetricSettings = field(default_factory=lambda: MetricSettings())
 
 
@@ -93,29 +96,33 @@ def load_config(path: Path | None) -> ProjectConfig:
             gpu_memory_fraction=float(runner["gpu_memory_fraction"]) if "gpu_memory_fraction" in runner else None,
             scrub_env=scrub_env,
             env_passthrough=env_passthrough,
+            command=_runner_command(runner, path),
         )
     except (ValueError, TypeError) as e:
+        if isinstance(e, ConfigError):
+            raise
         raise ConfigError(f"{path}: [runner]: {e}") from None
-    unknown = set(runner) - {"trial_timeout", "memory_cap", "gpu_memory_fraction", "scrub_env", "env_passthrough"}
+    unknown = set(runner) - {"trial_timeout", "memory_cap", "gpu_memory_fraction", "scrub_env", "env_passthrough",
+                             "command"}  # fmt: skip
     if unknown:
         raise ConfigError(f"{path}: [runner]: unknown key(s) {sorted(unknown)}")
     cfg.metric = _metric_settings(cfg.task, path)
     _check_progress(cfg.task, path)
     space = _table(data, "space", path)
-    unknown = set(space) - {"exclude", "constraints", "params", "source"}
+    unknown = set(space) - {"exclude", "constraints", "params", "source", "config", "config_inject"}
     if unknown:
         raise ConfigError(
             f"{path}: [space] {sorted(unknown)[0]}: unknown key(s) {sorted(unknown)}; "
-            "known: source, exclude, constraints, params"
+            "known: source, config, config_inject, exclude, constraints, params"
         )
     if "source" in space:
         if space["source"] not in SPACE_SOURCES:
-            extra = " (config files are not supported yet)" if space["source"] == "config" else ""
             raise ConfigError(
                 f"{path}: [space] source = {toml_value(space['source'])}: must be one of "
-                f"{', '.join(map(toml_value, SPACE_SOURCES))}{extra}"
+                f"{', '.join(map(toml_value, SPACE_SOURCES))}"
             )
         cfg.space_source = space["source"]
+    _space_config(cfg, space, path)
     cfg.exclude = _str_list(space.get("exclude", []), path, "exclude", '["SEED"]')
     if "constraints" in space:
         cfg.constraints = _str_list(space["constraints"], path, "constraints", '["BATCH % MICRO_BATCH == 0"]')
@@ -125,13 +132,93 @@ def load_config(path: Path | None) -> ProjectConfig:
             f"{path}: [space] params = {toml_value(params)}: [space.params] must be a table of tables, "
             'e.g. [space.params.LR] with type = "float", low = 1e-4, high = 0.1'
         )
+    params = _flat_params(params, path)
     for name, spec in params.items():
         _check_param_table(name, spec, path)
     cfg.params = params
+    if cfg.runner.command is not None and cfg.space_config is None and _uses_config(cfg.runner.command):
+        raise ConfigError(
+            f"{path}: [runner] command = {toml_value(cfg.runner.command)}: {{config}} is the trial's copy of the "
+            '[space] config file, and there is none; give [space] config = "conf/train.yaml" or drop {config}'
+        )
     return cfg
 
 
-SPACE_SOURCES = ("constants", "globals", "argparse")
+SPACE_SOURCES = ("constants", "globals", "argparse", "config")
+
+
+def _space_config(cfg: ProjectConfig, space: dict[str, Any], path: Path) -> None:
+    """`[space] config` (the file the script reads, relative to centaur.toml) and `config_inject`."""
+    if "config" in space:
+        value = space["config"]
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(
+                f"{path}: [space] config = {toml_value(value)}: must be the path of the YAML, JSON or TOML file "
+                'the script reads, relative to centaur.toml, e.g. config = "conf/train.yaml"'
+            )
+        if cfg.space_source not in (None, "config"):
+            raise ConfigError(
+                f'{path}: [space] config = {toml_value(value)}: only read by source = "config", not '
+                f"source = {toml_value(cfg.space_source)}; drop one of them"
+            )
+        cfg.space_config = value.strip()
+        cfg.space_source = "config"
+    elif cfg.space_source == "config":
+        raise ConfigError(
+            f'{path}: [space] source = "config": name the file the script reads with [space] config = "...", '
+            'e.g. config = "conf/train.yaml" (relative to centaur.toml)'
+        )
+    if "config_inject" in space:
+        mode = space["config_inject"]
+        if mode not in ("copy", "overrides"):
+            raise ConfigError(
+                f'{path}: [space] config_inject = {toml_value(mode)}: must be "copy" (a per-trial copy of the file, '
+                'the default) or "overrides" (key.path=value command-line arguments, Hydra style)'
+            )
+        if cfg.space_config is None:
+            raise ConfigError(f'{path}: [space] config_inject: only for source = "config" with [space] config = "..."')
+        cfg.config_inject = mode
+
+
+def _flat_params(params: dict[str, Any], path: Path, prefix: str = "") -> dict[str, Any]:
+    """`[space.params.model.n_layer]` (a TOML dotted header: nested tables) read as the name "model.n_layer",
+    like `[space.params."model.n_layer"]`."""
+    flat: dict[str, Any] = {}
+    for name, spec in params.items():
+        nested = isinstance(spec, dict) and any(isinstance(v, dict) and k not in _PARAM_KEYS for k, v in spec.items())
+        if not nested:
+            flat[prefix + name] = spec
+            continue
+        own = sorted(k for k, v in spec.items() if not isinstance(v, dict) or k in _PARAM_KEYS)
+        if own:
+            raise ConfigError(
+                f"{path}: [space.params.{prefix}{name}]: holds both settings ({', '.join(own)}) and tables of "
+                f'deeper keys; quote a dotted name as one key, e.g. [space.params."{prefix}{name}.lr"]'
+            )
+        flat.update(_flat_params(spec, path, f"{prefix}{name}."))
+    return flat
+
+
+def _uses_config(command: str) -> bool:
+    from centaur.runner.command import parse_command, placeholders
+
+    return "config" in placeholders(parse_command(command))
+
+
+def _runner_command(runner: dict[str, Any], path: Path) -> str | None:
+    """`[runner] command`, checked: a command line with known placeholders."""
+    if "command" not in runner:
+        return None
+    value = runner["command"]
+    from centaur.runner.command import CommandError, parse_command
+
+    try:
+        parse_command(value)
+    except CommandError as e:
+        raise ConfigError(f"{path}: [runner] command = {toml_value(value)}: {e}") from None
+    return value
+
+
 _METRIC_KEYS = ("metric", "metric_regex", "metric_file", "metric_reduce", "direction")
 
 

@@ -194,7 +194,9 @@ def test_constraint_rejects_function_calls():
     with pytest.raises(ConstraintError):
         Constraint("__import__('os').system('true') == 0")
     with pytest.raises(ConstraintError):
-        Constraint("A.real > 0")
+        Constraint("A.__class__ > 0")
+    with pytest.raises(ConstraintError, match="unknown name 'A.real'"):
+        Constraint("A.real > 0").holds({"A": 1})  # a dotted name (a config key), never an attribute
     with pytest.raises(ConstraintError):
         Constraint("A >")
     c = Constraint("A % (B * 2) == 0 and not C")

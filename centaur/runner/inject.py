@@ -63,6 +63,30 @@ def inject(source: str, values: Mapping[str, Any], filename: str = "<script>") -
     return "".join(lines)
 
 
+def retarget_paths(source: str, paths: set[str], new: str, filename: str = "<script>") -> tuple[str, int]:
+    """`source` with every string literal equal to one of `paths` replaced by `new` (the `config` source:
+    a script's `open("conf/train.yaml")` is pointed at the trial's copy); returns it and how many were."""
+    import ast
+
+    from centaur.space.extract import parse_script
+
+    tree = parse_script(source, filename)
+    in_fstring = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
+    hits = [
+        n for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in paths and id(n) not in in_fstring
+        and n.end_lineno == n.lineno
+    ]  # fmt: skip
+    lines = source.splitlines(keepends=True)
+    for n in sorted(hits, key=lambda n: (n.lineno, n.col_offset), reverse=True):
+        line = lines[n.lineno - 1]
+        start = len(line.encode()[: n.col_offset].decode())
+        end = len(line.encode()[: n.end_col_offset].decode())
+        text = json.dumps(new, ensure_ascii=False) if line[start : start + 1] == '"' else repr(new)
+        lines[n.lineno - 1] = line[:start] + text + line[end:]
+    return "".join(lines), len(hits)
+
+
 def argv_for(arguments: Mapping[str, Argument], values: Mapping[str, Any]) -> list[str]:
     """The command-line words that give argparse options `values` (the `argparse` source), in the
     script's order of the options."""

@@ -166,8 +166,12 @@ def run_script(
     tail_bytes: int = 256 * 1024,
     on_line: Callable[[str], None] | None = None,
     stop: StopRequest | None = None,
+    command: list[str] | None = None,
 ) -> ProcessResult:
     """Run `script` through the launcher; stdout and stderr go to `log_path` (capped, see the module).
+    `command` (the argv of a `[runner] command`, placeholders filled) is run instead of the launcher, with
+    the same working directory, environment, memory cap, process group and cleanup; the GPU memory
+    fraction is then only in CENTAUR_CUDA_MEM_FRACTION (the launcher applies it, a command does not).
 
     The trial inherits `trial_environment(os.environ, scrub=scrub_env, passthrough=env_passthrough)`;
     `extra_env` is set over it as given. `ProcessResult.metrics` holds the `key: number` lines of the
@@ -184,7 +188,7 @@ def run_script(
     env.update(extra)
     scanner = MetricScanner()
     returncode, timed_out, wall = spawn_and_wait(
-        [python, "-m", "centaur.runner.launch", str(script)],
+        list(command) if command else [python, "-m", "centaur.runner.launch", str(script)],
         cwd=cwd, env=env, log_path=log_path, timeout_s=timeout_s, preexec_fn=_limits(memory_cap_bytes),
         on_output=scanner.feed, on_line=on_line, stop=stop,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from centaur.config import ConfigError, ProjectConfig, config_path_for, load_config, toml_value
+from centaur.space.configfile import ConfigFile, load_config_file
 from centaur.space.constraints import Constraint, ConstraintError
 from centaur.space.curated import (
     AUTORESEARCH_DEFAULTS,
@@ -32,6 +34,9 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
         config = load_config(config_path_for(script))
     toml = config.path or config_path_for(script)
     found_in = discover(source, str(script), config)
+    if found_in.kind == "config":
+        found_in = _config_source(script, source, config, toml)
+    _check_command(config, found_in, toml)
     assignments = found_in.candidates
     excluded = set(config.exclude) | TASK_CONSTANTS
     untuned: dict[str, Param | None] = {}
@@ -41,6 +46,8 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
     params: list[Param] = []
     found = {a.name for a in assignments}
     missing = sorted(set(config.params) - found)
+    if missing and found_in.config_file is not None:
+        raise _config_key_error(found_in.config_file, missing[0], found, toml)
     if missing:
         raise ConfigError(
             f"{toml}: [space.params.{missing[0]}]: {script.name} has no {_WHAT[found_in.kind]} {missing[0]} = ..."
@@ -56,18 +63,18 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
         if a.untuned and a.name not in config.params:
             constants[a.name] = a.value
             skipped[a.name] = a.untuned
-            untuned[a.name] = named_param(a.name, a.value, a.choices)
+            untuned[a.name] = _named(a.name, a.value, a.choices)
             continue
         curated = curated_param(a.name, a.value) if found_in.kind == "constants" else None
         if found_in.kind != "constants" and curated is None:
-            curated = named_param(a.name, a.value, a.choices)
+            curated = _named(a.name, a.value, a.choices)
         if "fixed" in spec:
             value = _fixed_value(a.name, a.value, spec, curated, where)
             fixed[a.name] = value
             constants[a.name] = value
             skipped[a.name] = f"fixed to {value!r} in centaur.toml"
             continue
-        base = curated or heuristic_param(a.name, a.value)
+        base = curated or _renamed(heuristic_param(a.name.rsplit(".", 1)[-1], a.value), a.name)
         spec = _with_type(a.name, a.value, spec, base, where)
         if "type" in spec:
             param: Param | None = _param_from_config(a.name, a.value, spec, where, given=spec)
@@ -114,6 +121,7 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
     space.source = found_in.kind  # type: ignore[attr-defined]
     space.source_reason = found_in.reason  # type: ignore[attr-defined]
     space.arguments = found_in.arguments  # type: ignore[attr-defined]  # argparse: dest -> Argument
+    space.config_file = found_in.config_file  # type: ignore[attr-defined]  # config: the parsed file
     if params and (problems := space.violations(space.defaults())):
         raise SpaceError(f"{script.name}: the script's own values are not a valid configuration: {'; '.join(problems)}")
     return space
@@ -131,7 +139,8 @@ def load_space(script: Path | str) -> SearchSpace:
             f"{script}: no tunable parameters found ([space] source = {toml_value(kind)}){seen}. Centaur looks for "
             "ALL_CAPS constants such as `LEARNING_RATE = 3e-4`, lowercase module-level literals such as "
             "`learning_rate = 6e-4`, and argparse options such as `parser.add_argument('--lr', type=float, "
-            'default=0.01)`; set [space] source = "constants", "globals" or "argparse" in centaur.toml, '
+            'default=0.01)`; set [space] source = "constants", "globals" or "argparse" in centaur.toml (or name the '
+            'YAML/JSON/TOML file the script reads with [space] config = "conf/train.yaml"), '
             "and tune a found name with [space.params.NAME]"
         )
     return space
@@ -153,13 +162,106 @@ class Found:
     reason: str
     candidates: list[Candidate]
     arguments: dict[str, Argument] = field(default_factory=dict)
+    config_file: ConfigFile | None = None
 
 
 _WHAT = {
     "constants": "ALL_CAPS assignment",
     "globals": "lowercase module-level assignment",
     "argparse": "add_argument option with that destination",
+    "config": "key",
 }
+
+
+def _named(name: str, value: Any, choices: tuple[Any, ...] = ()) -> Param | None:
+    """`named_param` of the name, or of the last part of a dotted config key (`optimizer.lr` -> `lr`)."""
+    return _renamed(named_param(name.rsplit(".", 1)[-1], value, choices), name)
+
+
+def _renamed(param: Param | None, name: str) -> Param | None:
+    return param if param is None or param.name == name else dataclasses.replace(param, name=name)
+
+
+def _config_source(script: Path, source: str, config: ProjectConfig, toml: Path) -> Found:
+    """The `config` source: the scalar leaves of `[space] config`, by dotted path; what is tuned by default
+    follows the last part of the path, as for globals and argparse."""
+    assert config.space_config is not None
+    base = toml.parent if config.path is not None else script.parent
+    path = Path(config.space_config)
+    path = path if path.is_absolute() else base / path
+    where = f"{toml}: [space] config"
+    cfg = load_config_file(path, config.space_config, config.config_inject, where)
+    last = {_rule_name(k) for k in cfg.leaves}
+    candidates = [Candidate(k, v, tuned_by_default(_rule_name(k), v, last)) for k, v in cfg.leaves.items()]
+    reason = f"[space] config = {config.space_config!r} ({cfg.fmt.upper()}); "
+    rel = cfg.trial_relpath(script.parent).as_posix()
+    if cfg.inject == "overrides":
+        reason += f"values passed as key.path=value arguments; the file is copied unchanged to TRIAL/{rel}"
+    else:
+        reason += f"each trial gets its own copy, TRIAL/{rel}"
+    literal = sorted(lit for lit in cfg.literals(script.parent) if _names_literally(source, lit))
+    if literal:
+        reason += f"; the work copy's {literal[0]!r} is pointed at it"
+    elif cfg.inject == "copy" and "config" not in _command_placeholders(config):
+        reason += (f"; warning: {script.name} does not name {config.space_config!r} literally, so it must "
+                   "open the file relative to its __file__ to read the copy")  # fmt: skip
+    return Found("config", reason, candidates, config_file=cfg)
+
+
+def _rule_name(key: str) -> str:
+    """The name whose default-tuning rules a dotted key follows: its last part, or for `optimizer.name` and
+    `scheduler.type` the part above it."""
+    parts = key.split(".")
+    if len(parts) > 1 and parts[-1] in ("name", "type", "kind"):
+        return parts[-2]
+    return parts[-1]
+
+
+def _names_literally(source: str, text: str) -> bool:
+    return f"'{text}'" in source or f'"{text}"' in source
+
+
+def _command_placeholders(config: ProjectConfig) -> set[str]:
+    from centaur.runner.command import parse_command, placeholders
+
+    command = config.runner.command
+    return placeholders(parse_command(command)) if command else set()
+
+
+def _check_command(config: ProjectConfig, found: Found, toml: Path) -> None:
+    """`[runner] command` must hand the trial's values to the script: `{args}` for argparse options and
+    overrides, `{script}` (the work copy) for values written into the script, `{script}` or `{config}` for
+    a per-trial config copy."""
+    if not config.runner.command:
+        return
+    used = _command_placeholders(config)
+    shown = f"{toml}: [runner] command = {toml_value(config.runner.command)}"
+    if found.kind == "argparse" or (found.config_file is not None and found.config_file.inject == "overrides"):
+        if "args" not in used:
+            what = "argparse options" if found.kind == "argparse" else "key.path=value overrides"
+            raise ConfigError(f"{shown}: has no {{args}}, so the trial's {what} would never reach the script; "
+                              "add {args} where they go")  # fmt: skip
+    elif found.kind == "config":
+        if not used & {"script", "config"}:
+            raise ConfigError(f"{shown}: has neither {{script}} nor {{config}}, so the trial's copy of "
+                              f"{config.space_config} would never be read; add {{script}} (the work copy, which "
+                              "reads the copy) or pass {config} (the copy's path) to the script")  # fmt: skip
+    elif "script" not in used:
+        raise ConfigError(f"{shown}: has no {{script}}: the {found.kind} source writes the trial's values into the "
+                          "work copy of the script, which only runs as {script}")  # fmt: skip
+
+
+def _config_key_error(cfg: ConfigFile, name: str, found: set[str], toml: Path) -> ConfigError:
+    where = f"{toml}: [space.params.{name}]"
+    if name in cfg.nonscalar:
+        return ConfigError(
+            f"{where}: {name} in {cfg.shown} is {cfg.nonscalar[name]}, not a single value; only scalar leaves "
+            "(numbers, strings, booleans) can be tuned, by their dotted path"
+        )
+    return ConfigError(
+        f"{where}: {cfg.shown} has no key {name}{_did_you_mean(name, found)}; keys are dotted paths such as "
+        f"{', '.join(sorted(found)[:4]) or '(none found)'}"
+    )
 
 
 def discover(source: str, filename: str, config: ProjectConfig) -> Found:
@@ -180,6 +282,8 @@ def discover(source: str, filename: str, config: ProjectConfig) -> Found:
                           for a in found_globals]  # fmt: skip
     args = {a.dest: a for a in arguments}
     chosen = config.space_source
+    if chosen == "config":
+        return Found("config", "", [])  # build_space reads the file
     if chosen is not None:
         return Found(chosen, "set in centaur.toml", by_kind[chosen], args if chosen == "argparse" else {})
     wanted = set(config.params)

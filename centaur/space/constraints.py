@@ -35,7 +35,8 @@ class ConstraintError(ValueError):
 
 @dataclass(frozen=True)
 class Constraint:
-    """A boolean expression over parameter and constant names, e.g. ``A % (B * C) == 0``."""
+    """A boolean expression over parameter and constant names, e.g. ``A % (B * C) == 0``; a dotted name
+    (a key of the `config` source, ``model.n_embd % model.n_head == 0``) is one name."""
 
     expression: str
 
@@ -45,6 +46,12 @@ class Constraint:
         except SyntaxError as e:
             raise ConstraintError(f"constraint {self.expression!r} is not a valid expression: {e.msg}") from None
         for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _dotted(node) is not None:
+                if any(part.startswith("_") for part in _dotted(node).split(".")):  # type: ignore[union-attr]
+                    raise ConstraintError(
+                        f"constraint {self.expression!r}: a dotted name names a config key; no part may start with _"
+                    )
+                continue  # a dotted name (a config key), looked up as one name, never an attribute
             if not isinstance(
                 node,
                 (
@@ -72,7 +79,18 @@ class Constraint:
 
     @property
     def names(self) -> set[str]:
-        return {n.id for n in ast.walk(self._tree) if isinstance(n, ast.Name)}
+        found: set[str] = set()
+
+        def visit(node: ast.AST) -> None:
+            name = _dotted(node)
+            if name is not None:
+                found.add(name)
+                return
+            for child in ast.iter_child_nodes(node):
+                visit(child)
+
+        visit(self._tree)
+        return found
 
     def holds(self, scope: Mapping[str, Any]) -> bool:
         try:
@@ -85,13 +103,24 @@ class Constraint:
         return f"violates constraint {self.expression} ({values})"
 
 
+def _dotted(node: ast.AST) -> str | None:
+    """`a` for a Name, `a.b.c` for an attribute chain of names; None for anything else."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return None if base is None else f"{base}.{node.attr}"
+    return None
+
+
 def _eval(node: ast.AST, scope: Mapping[str, Any]) -> Any:
     if isinstance(node, ast.Constant):
         return node.value
-    if isinstance(node, ast.Name):
-        if node.id not in scope:
-            raise ConstraintError(f"unknown name {node.id!r} in constraint")
-        return scope[node.id]
+    name = _dotted(node)
+    if name is not None:
+        if name not in scope:
+            raise ConstraintError(f"unknown name {name!r} in constraint")
+        return scope[name]
     if isinstance(node, (ast.Tuple, ast.List)):
         return tuple(_eval(e, scope) for e in node.elts)
     if isinstance(node, ast.BinOp):

@@ -6,11 +6,13 @@
   copy, which works whether or not the script also reads overrides from the command line.
 - `argparse`: `add_argument` calls with a literal default (or `action="store_true"`); a trial gets its
   values as command-line arguments.
+- `config`: the scalar leaves of a YAML/JSON/TOML file the script reads, by dotted path
+  (centaur.space.configfile); a trial gets a copy of the file, or `key.path=value` overrides.
 
-Which names are tuned by default is conservative for `globals` and `argparse` (learning rates, weight
-decay, batch sizes, depths and widths, dropout, warm-up, betas, momentum, schedule fractions); paths,
-seeds, logging, devices, I/O and run lengths never are. `[space.params.NAME]` in centaur.toml tunes any
-other found name.
+Which names are tuned by default is conservative for `globals`, `argparse` and `config` (by the last part
+of a dotted key): learning rates, weight decay, batch sizes, depths and widths, dropout, warm-up, betas,
+momentum, schedule fractions; paths, seeds, logging, devices, I/O and run lengths never are.
+`[space.params.NAME]` in centaur.toml tunes any other found name.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from centaur.space.curated import heuristic_param
 from centaur.space.extract import Assignment, constant_assignment, constant_value, find_assignments, parse_script
 from centaur.space.params import Param
 
-SOURCES: tuple[str, ...] = ("constants", "globals", "argparse")
+SOURCES: tuple[str, ...] = ("constants", "globals", "argparse", "config")
 _LOWER_RE = re.compile(r"^[a-z][A-Za-z0-9_]*$")
 
 

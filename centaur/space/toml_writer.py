@@ -35,11 +35,20 @@ def write_config(script: Path, space: SearchSpace) -> Path:
     runner.add(tomlkit.comment('trial_timeout = "15m"   # kill a trial after this long'))
     runner.add(tomlkit.comment('memory_cap = "8GiB"     # CPU memory cap per trial (RLIMIT_DATA)'))
     runner.add(tomlkit.comment("gpu_memory_fraction = 0.5"))
+    runner.add(tomlkit.comment('command = "torchrun --nproc_per_node=4 {script} {args}"   # how a trial starts'))
+    if existing is not None and existing.runner.command:
+        runner.add("command", existing.runner.command)
     doc.add("runner", runner)
     sp = tomlkit.table()
     source = getattr(space, "source", "constants")
     sp.add("source", source)
-    sp["source"].comment(f"constants | globals | argparse; detected: {getattr(space, 'source_reason', '')}"[:110])
+    sp["source"].comment(f"constants | globals | argparse | config; {getattr(space, 'source_reason', '')}"[:110])
+    config_file = getattr(space, "config_file", None)
+    if config_file is not None:
+        sp.add("config", config_file.shown)
+        sp["config"].comment("the YAML/JSON/TOML file the script reads; keys by dotted path")
+        sp.add("config_inject", config_file.inject)
+        sp["config_inject"].comment("copy: a per-trial copy of the file | overrides: key.path=value arguments")
     sp.add(
         "exclude", sorted(n for n, why in getattr(space, "skipped", {}).items() if why == "excluded in centaur.toml")
     )
@@ -68,7 +77,8 @@ def write_config(script: Path, space: SearchSpace) -> Path:
     for i, (name, guess) in enumerate(untuned.items()):
         if i:
             doc.add(tomlkit.nl())
-        doc.add(tomlkit.comment(f"[space.params.{name}]   # {skipped.get(name, '')}"))
+        key = f'"{name}"' if "." in name else name  # a dotted config key is one name
+        doc.add(tomlkit.comment(f"[space.params.{key}]   # {skipped.get(name, '')}"))
         for line in _param_lines(guess):
             doc.add(tomlkit.comment(line))
     constants = {

@@ -42,10 +42,16 @@ def space_fingerprint(space: SearchSpace) -> str:
 
 
 def task_fingerprint(task: Task) -> str | None:
-    """A hash of what is run: the script's source, or the data a surrogate was fitted on."""
+    """A hash of what is run: the script's source (with its `[space] config` file and `[runner] command`,
+    when it has them: a changed file or launch command changes the results as a changed script does), or
+    the data a surrogate was fitted on."""
     script = getattr(task, "script", None)
     if script is not None:
-        return hashlib.sha256(Path(script).read_bytes()).hexdigest()[:16]
+        digest = hashlib.sha256(Path(script).read_bytes())
+        defining = getattr(task, "defining_inputs", None)
+        for part in defining() if callable(defining) else []:
+            digest.update(b"\0" + part)  # nothing added for a plain script: its studies keep their hash
+        return digest.hexdigest()[:16]
     model = getattr(task, "model", None)
     data = getattr(model, "meta", {}).get("data_sha256") if model is not None else None
     return str(data)[:16] if data else None
@@ -93,7 +99,8 @@ class StudyIdentity:
         diffs = []
         if stored.get("task_hash") != self.task_hash:
             where = f" ({stored.get('script')})" if stored.get("script") else ""
-            diffs.append(f"the script differs from the one the study was started with{where}")
+            diffs.append(f"the script differs from the one the study was started with{where} (or its [space] "
+                         "config file or its [runner] command does)")  # fmt: skip
         if stored.get("space_hash") != self.space_hash:
             diffs.append("the search space differs (names, types, ranges, choices, fixed values or constraints)")
         for key in ("method", "seed", "penalty"):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shlex
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +17,12 @@ from centaur.config import ProjectConfig, config_path_for, load_config
 from centaur.hardware import describe_hardware
 from centaur.paths import absolute_path
 from centaur.runner import classify, inject, run_script
-from centaur.runner.inject import argv_for
+from centaur.runner.command import STARTER, command_argv, parse_command, starter_source
+from centaur.runner.inject import argv_for, retarget_paths
 from centaur.runner.outcome import metric_file_values, metric_values, reduce_values
 from centaur.runner.progress import ProgressPattern, ProgressReader, current_watch
 from centaur.space import SearchSpace, load_space
+from centaur.space.configfile import override_args
 from centaur.tasks.base import TrialResult, TrialStatus
 
 DEFAULT_TIMEOUT_S = 3600.0
@@ -75,20 +79,71 @@ class ScriptTask:
         source = self.script.read_text(encoding="utf-8")
         values = {**config, **self.space.fixed}
         target = work_copy
-        if getattr(self.space, "source", "constants") == "argparse":
-            args = self.trial_args(config)
+        config_file = getattr(self.space, "config_file", None)
+        config_copy: Path | None = None
+        args = self.trial_args(config)
+        if config_file is not None:
+            # The `config` source: the trial's copy of the file (its values written in, or unchanged for
+            # overrides), at its place relative to the work copy; the script's literal path of it
+            # ("conf/train.yaml") is pointed at the copy.
+            overrides = config_file.inject == "overrides"
+            config_copy = config_file.write_trial_copy(trial_dir, self.script.parent, {} if overrides else values)
+            literals = config_file.literals(self.script.parent)
+            source = retarget_paths(source, literals, str(config_copy), str(self.script))[0]
+        if self._passes_args():
             work_copy.write_text(source, encoding="utf-8")
             (trial_dir / "args.txt").write_text(shlex.join(args) + "\n", encoding="utf-8")
-            target = trial_dir / ARGV_SHIM
-            target.write_text(_argv_shim(work_copy, args), encoding="utf-8")
+            if not self.config.runner.command:
+                target = trial_dir / ARGV_SHIM
+                target.write_text(_argv_shim(work_copy, args), encoding="utf-8")
+        elif config_file is not None:
+            work_copy.write_text(source, encoding="utf-8")
         else:
             work_copy.write_text(inject(source, values, str(self.script)), encoding="utf-8")
+        command = self._trial_command(work_copy, trial_dir, args, config_copy)
         self._clear_metric_file(trial_dir)
-        return self._read_metric(self.run_work_copy(target, trial_dir), trial_dir)
+        return self._read_metric(self.run_work_copy(target, trial_dir, command=command), trial_dir)
+
+    def _passes_args(self) -> bool:
+        """Whether a trial's values go on the command line (argparse options, config overrides)."""
+        config_file = getattr(self.space, "config_file", None)
+        source = getattr(self.space, "source", "constants")
+        return source == "argparse" or (config_file is not None and config_file.inject == "overrides")
+
+    def _trial_command(self, work_copy: Path, trial_dir: Path, args: list[str], config_copy: Path | None
+                       ) -> list[str] | None:  # fmt: skip
+        """The argv of `[runner] command` for this trial (kept in command.txt); None without one."""
+        text = self.config.runner.command
+        if not text:
+            return None
+        script = work_copy
+        if self.config.runner.gpu_memory_fraction is not None:
+            script = trial_dir / STARTER  # applies the fraction in every process, then runs the work copy
+            script.write_text(starter_source(str(work_copy)), encoding="utf-8")
+        values = {"python": sys.executable, "script": str(script)}
+        if config_copy is not None:
+            values["config"] = str(config_copy)
+        argv = command_argv(parse_command(text), values, args)
+        (trial_dir / "command.txt").write_text(shlex.join(argv) + "\n", encoding="utf-8")
+        return argv
+
+    def defining_inputs(self) -> list[bytes]:
+        """What defines a trial's run besides the script's source, for the study identity
+        (centaur.study.identity): the `[space] config` file and the `[runner] command`."""
+        parts = []
+        config_file = getattr(self.space, "config_file", None)
+        if config_file is not None:
+            parts.append(b"config:" + config_file.text.encode())
+        if self.config.runner.command:
+            parts.append(b"command:" + self.config.runner.command.encode())
+        return parts
 
     def trial_args(self, config: dict[str, Any]) -> list[str]:
-        """The command-line arguments of a trial: the argparse options of `config` (none for other sources)."""
+        """The command-line arguments of a trial: the argparse options of `config`, the `key.path=value`
+        overrides of the `config` source (none for the other sources)."""
         arguments = getattr(self.space, "arguments", {})
+        if self._passes_args() and getattr(self.space, "source", "constants") == "config":
+            return override_args({**config, **self.space.fixed})
         if getattr(self.space, "source", "constants") != "argparse":
             return []
         return argv_for(arguments, {**config, **self.space.fixed})
@@ -157,10 +212,16 @@ class ScriptTask:
         return dataclasses.replace(result, status=TrialStatus.OK, value=value, cost_s=cost, metrics=metrics,
                                    error=None, extra=extra)  # fmt: skip
 
-    def run_work_copy(self, work_copy: Path, trial_dir: Path) -> TrialResult:
-        """Run an already written work copy (also used by the code-editing agent)."""
+    def run_work_copy(self, work_copy: Path, trial_dir: Path, command: list[str] | None = None) -> TrialResult:
+        """Run an already written work copy (also used by the code-editing agent); `command`: the argv of
+        `[runner] command`, run instead of the launcher."""
         runner = self.config.runner
         env = {"PYTHONPATH": str(self.script.parent), **self.extra_env}  # sibling modules (prepare.py) import
+        if command and (self.script.parent / "__init__.py").is_file():
+            root = self.script.parent
+            while (root / "__init__.py").is_file():
+                root = root.parent
+            env["PYTHONPATH"] += os.pathsep + str(root)  # `python -m pkg.train` imports the script's package
         # A pruned study watches the trial (centaur.runner.progress): its progress lines are reported while
         # it runs, and the pruner may stop it. Values are compared as the objective is, lower is better.
         watch = current_watch()
@@ -183,6 +244,7 @@ class ScriptTask:
             extra_env=env,
             on_line=reader.feed_line if reader is not None else None,
             stop=watch.stop if watch is not None else None,
+            command=command,
         )
         outcome = classify(proc.returncode, proc.output, self.metric, timed_out=proc.timed_out, metrics=proc.metrics)
         wall = time.monotonic() - start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -11,7 +12,7 @@ from typing import Any
 from centaur.methods.base import MethodContext, create_sampler, method_info
 from centaur.paths import absolute_path, absolute_storage_url, study_dirname
 from centaur.study.loop import DEFAULT_BUDGET_S, ProgressHook, TuneResult, open_study, run_worker, study_budget
-from centaur.study.pruning import PrunerSettings, check_pruning
+from centaur.study.pruning import PrunerSettings, check_pruning, task_fidelity
 from centaur.study.schema import STUDY_PENALTY
 from centaur.study.storage import default_storage_url
 from centaur.tasks.base import Task
@@ -104,6 +105,7 @@ def tune(
     from centaur.study.workers import check_parallel_method
 
     check_parallel_method(method, workers)
+    pruning = with_task_fidelity(pruning, task)
     check_pruning(task, method, pruning, own_loop=method_info(method).own_loop)
     if method_info(method).own_loop:  # agent-code edits the script itself: its own loop, not a sampler
         from centaur.agentcode.loop import tune_agent_code
@@ -181,6 +183,14 @@ def pruner_settings(pruner: str | PrunerSettings | dict[str, Any] | None) -> Pru
         given = dict(pruner)
         return PrunerSettings.parse(given.pop("kind", None), **given)
     return PrunerSettings.parse(pruner)
+
+
+def with_task_fidelity(pruning: PrunerSettings, task: Any) -> PrunerSettings:
+    """The task's `[task] fidelity` as the pruner's fidelity, when the pruner takes one and none was given."""
+    name = task_fidelity(task)
+    if name is None or pruning.fidelity is not None or not pruning.active or not pruning.takes("fidelity"):
+        return pruning
+    return dataclasses.replace(pruning, fidelity=name)
 
 
 def _close(sampler: Any) -> None:

@@ -171,6 +171,11 @@ def tune_cmd(
     pruner_p_threshold: Annotated[
         float | None, typer.Option(help="wilcoxon: prune when p is below this (0.1)")
     ] = None,
+    pruner_fidelity: Annotated[
+        str | None,
+        typer.Option(help="run complete short schedules of this script parameter first, e.g. TIME_BUDGET "
+                     "(default: [task] fidelity)"),
+    ] = None,
 ) -> None:
     """Tune SCRIPT. Running the same command again resumes the study."""
     from centaur.progress import RichProgress
@@ -183,7 +188,7 @@ def tune_cmd(
         pruning = PrunerSettings.parse(
             pruner, warmup=pruner_warmup, startup_trials=pruner_startup_trials, interval=pruner_interval,
             percentile=pruner_percentile, min_resource=pruner_min_resource, max_resource=pruner_max_resource,
-            reduction_factor=pruner_reduction_factor, p_threshold=pruner_p_threshold,
+            reduction_factor=pruner_reduction_factor, p_threshold=pruner_p_threshold, fidelity=pruner_fidelity,
         )  # fmt: skip
         task = resolve_task(script)
         if trial_timeout is not None and hasattr(task, "config"):

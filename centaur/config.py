@@ -223,7 +223,14 @@ _METRIC_KEYS = ("metric", "metric_regex", "metric_file", "metric_reduce", "direc
 
 
 def _check_progress(task: dict[str, Any], path: Path) -> None:
-    """`[task] progress`: the regex of the script's progress lines, for pruning (docs/pruning.md)."""
+    """`[task] progress`: the regex of the script's progress lines, and `[task] fidelity`: the name of its
+    time-budget-like parameter, for pruning (docs/pruning.md)."""
+    fidelity = task.get("fidelity")
+    if fidelity is not None and (not isinstance(fidelity, str) or not fidelity.replace(".", "_").isidentifier()):
+        raise ConfigError(
+            f"{path}: [task] fidelity must name the script's time-budget-like parameter, e.g. "
+            f'fidelity = "TIME_BUDGET", got {toml_value(fidelity)}'
+        )
     if "progress" not in task:
         return
     from centaur.runner.progress import ProgressPattern, ProgressPatternError

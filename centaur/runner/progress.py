@@ -184,13 +184,25 @@ class StopRequest:
         return self._event.is_set()
 
 
+@dataclass(frozen=True)
+class FidelityLadder:
+    """A time-budget fidelity (docs/pruning.md): the task runs the trial's configuration at each of
+    `rungs(full)` values of the script's parameter `name` in turn, each a complete short schedule, and
+    after each short one asks `decide(step, value)` whether to stop there (True: pruned)."""
+
+    name: str
+    rungs: Callable[[float], list[int]]
+    decide: Callable[[int, float], bool]
+
+
 @dataclass
 class TrialWatch:
     """What the runner needs to stream a trial's progress: where each progress report goes, and the
-    request that stops the trial."""
+    request that stops the trial; with a fidelity, the ladder of short runs instead of progress lines."""
 
     report: Callable[[list[int], float], None]
     stop: StopRequest
+    fidelity: FidelityLadder | None = None
 
 
 _current: contextvars.ContextVar[TrialWatch | None] = contextvars.ContextVar("centaur_trial_watch", default=None)

@@ -32,6 +32,7 @@ from centaur.study.pruning import (
     PrunerError,
     PrunerSettings,
     TrialPruning,
+    fidelity_full,
     progress_text,
     pruner_differences,
     study_pruner,
@@ -365,7 +366,7 @@ def run_worker(
     alike; a pruned trial counts its cost, is recorded PRUNED and never counts towards a failure streak.
     """
     run_dir = Path(run_dir)
-    pattern = _progress_pattern(task, study)
+    plan = _pruning_plan(task, study)
     check_writable(run_dir)
     journal = ResultJournal(run_dir) if _persistent(study) else None
     replayed = journal.replay(study, write_result) if journal is not None else []
@@ -396,7 +397,7 @@ def run_worker(
                 reason = "stopped by signal"
                 break
             ran = _run_one(task, study, run_dir=run_dir, penalty=penalty, progress=progress, journal=journal,
-                           pattern=pattern)
+                           plan=plan)
             if ran is None:
                 continue  # the trial went to another worker
             frozen, result = ran
@@ -417,21 +418,23 @@ def run_worker(
     return TuneResult(study, summary, reason)
 
 
-def _progress_pattern(task: Task, study: optuna.Study) -> ProgressPattern | None:
-    """The task's progress regex when the study prunes (and then the study's pruner is set); None when
-    it does not."""
+def _pruning_plan(task: Task, study: optuna.Study) -> tuple[PrunerSettings, ProgressPattern | None] | None:
+    """The study's pruner and the task's progress regex when the study prunes (and then the study's
+    pruner is set); None when it does not. With a fidelity the pattern is None: short runs report."""
     settings = study_pruner(study)
     if not settings.active:
         return None
+    study.pruner = settings.build()
+    if settings.fidelity is not None:
+        fidelity_full(task, settings.fidelity)
+        return settings, None
     text = progress_text(task)
     if text is None:
         raise PrunerError(
             f"study {study.study_name!r} prunes ({settings.describe()}) but the task declares no "
             "[task] progress regex in its centaur.toml (docs/pruning.md)"
         )
-    pattern = ProgressPattern.compile(text)
-    study.pruner = settings.build()
-    return pattern
+    return settings, ProgressPattern.compile(text)
 
 
 def _propose(space: SearchSpace, trial: optuna.Trial) -> dict[str, Any]:
@@ -475,7 +478,7 @@ def _run_one(
     penalty: float,
     progress: ProgressHook | None,
     journal: ResultJournal | None = None,
-    pattern: ProgressPattern | None = None,
+    plan: tuple[PrunerSettings, ProgressPattern | None] | None = None,
 ) -> tuple[FrozenTrial | optuna.Trial, TrialResult] | None:
     """Run one trial; None when it went to another worker. The stored trial is re-read only for progress.
     With a progress `pattern` (a pruned study), its intermediate values are reported while it runs and
@@ -488,7 +491,7 @@ def _run_one(
         progress.on_trial_start(trial.number, config)
     started = time.monotonic()
     disk_error: OSError | None = None
-    pruning = TrialPruning(study, trial, pattern) if pattern is not None else None
+    pruning = TrialPruning(study, trial, plan[1], plan[0]) if plan is not None else None
     try:
         with (
             Heartbeat(study, op.trial_id(trial)) if _persistent(study) else contextlib.nullcontext(),
@@ -545,13 +548,15 @@ def record_result(
 ) -> None:
     """Write a finished trial: COMPLETE with its value, or with `penalty` and the failed constraint for a
     failure; FAIL for a lost one; PRUNED (`pruned`: its step and value attributes) for one the pruner
-    stopped, with status "pruned", its wall seconds as its cost and no failed constraint. Kept in
+    stopped, with status "pruned", what it ran as its cost and no failed constraint. Kept in
     `journal` until the storage confirmed it, and retried."""
     ok = result.status is TrialStatus.OK and result.value is not None and math.isfinite(result.value)
     status = result.status.value if ok or result.status is not TrialStatus.OK else TrialStatus.CRASH.value
     attrs: dict[str, Any] = {
         STATUS_ATTR: PRUNED_STATUS if pruned is not None else status,
-        COST_ATTR: float(result.wall_s if pruned is not None else result.cost_s),
+        # A pruned run was killed: its cost is its wall time (the task's own); a fidelity's pruned trial
+        # counts what its complete short runs cost.
+        COST_ATTR: float((result.cost_s or result.wall_s) if pruned is not None else result.cost_s),
         WALL_ATTR: float(result.wall_s),
         "metrics": {k: v for k, v in result.metrics.items() if math.isfinite(v)},
     }

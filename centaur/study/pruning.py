@@ -26,7 +26,7 @@ from typing import Any
 import optuna
 from optuna.pruners import BasePruner
 
-from centaur.runner.progress import ProgressPattern, StopRequest, TrialWatch
+from centaur.runner.progress import FidelityLadder, ProgressPattern, StopRequest, TrialWatch
 from centaur.study.schema import IDENTITY_ATTR
 from centaur.units import parse_duration
 
@@ -48,12 +48,13 @@ NO_HYPERBAND = {
 # Which settings each pruner takes (the others are left out of the identity and refused when given).
 _TAKES = {
     "none": (),
-    "median": ("warmup", "startup_trials", "interval"),
-    "percentile": ("warmup", "startup_trials", "interval", "percentile"),
-    "successive-halving": ("min_resource", "reduction_factor"),
-    "hyperband": ("min_resource", "max_resource", "reduction_factor"),
+    "median": ("warmup", "startup_trials", "interval", "fidelity"),
+    "percentile": ("warmup", "startup_trials", "interval", "percentile", "fidelity"),
+    "successive-halving": ("min_resource", "reduction_factor", "fidelity"),
+    "hyperband": ("min_resource", "max_resource", "reduction_factor", "fidelity"),
     "wilcoxon": ("warmup", "p_threshold"),
 }
+_LADDER_FACTOR = 3  # the rungs' growth with a fidelity when the pruner has no reduction factor (median ...)
 
 
 class PrunerError(ValueError):
@@ -73,10 +74,16 @@ class PrunerSettings:
     max_resource: int | None = None  # hyperband: the last (None: "auto", the longest finished trial)
     reduction_factor: int | None = None  # successive-halving/hyperband (None: Optuna's default, 4 and 3)
     p_threshold: float = 0.1  # wilcoxon
+    # The script's time-budget-like constant: trials run complete short schedules first (a ladder of
+    # values of it), and the pruner decides between rungs. None: intermediate values from [task] progress.
+    fidelity: str | None = None
 
     @property
     def active(self) -> bool:
         return self.kind != "none"
+
+    def takes(self, setting: str) -> bool:
+        return setting in _TAKES[self.kind]
 
     @classmethod
     def parse(cls, kind: str | None = None, **given: Any) -> PrunerSettings:
@@ -103,6 +110,8 @@ class PrunerSettings:
                 values[key] = _whole(key, value, minimum=0 if key == "startup_trials" else 2)
             elif key == "percentile":
                 values[key] = _number(key, value, 0.0, 100.0)
+            elif key == "fidelity":
+                values[key] = _name(key, value)
             else:
                 values[key] = _number(key, value, 0.0, 1.0)
         return cls(kind=kind, **values)
@@ -122,7 +131,21 @@ class PrunerSettings:
     def describe(self) -> str:
         if not self.active:
             return "none"
-        return f"{self.kind} (" + ", ".join(f"{k}={getattr(self, k)}" for k in _TAKES[self.kind]) + ")"
+        shown = [k for k in _TAKES[self.kind] if k != "fidelity" or self.fidelity is not None]
+        return f"{self.kind} (" + ", ".join(f"{k}={getattr(self, k)}" for k in shown) + ")"
+
+    def rungs(self, full: float) -> list[int]:
+        """The values of the fidelity a trial runs at, ascending, the last the script's own `full`: from
+        the first rung (--pruner-min-resource, or full / factor**2) times the reduction factor while below
+        full; a rung above full / factor is dropped (it would cost nearly a full run and decide little)."""
+        factor = self.reduction_factor or {"successive-halving": 4, "hyperband": 3}.get(self.kind, _LADDER_FACTOR)
+        top = int(math.floor(full))
+        rung = self.min_resource or max(1, int(round(full / factor**2)))
+        ladder = []
+        while rung * factor <= full + 1e-9:  # the next rung is still no more than full: this one is short
+            ladder.append(rung)
+            rung *= factor
+        return [*ladder, top] if top not in ladder else ladder
 
     def build(self) -> BasePruner:
         p = optuna.pruners
@@ -167,6 +190,13 @@ def _whole(key: str, value: Any, minimum: int) -> int:
     return n
 
 
+def _name(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip().replace(".", "_").isidentifier():
+        raise PrunerError(f"--pruner-{key.replace('_', '-')} must name the script's time-budget-like parameter "
+                          f"(e.g. TIME_BUDGET), got {value!r}")
+    return value.strip()
+
+
 def _number(key: str, value: Any, low: float, high: float) -> float:
     try:
         x = float(value)
@@ -196,14 +226,54 @@ def check_pruning(task: Any, method: str, settings: PrunerSettings, *, own_loop:
             f"--pruner hyperband cannot be used with --method {method}: {NO_HYPERBAND[method]}. "
             "Use --pruner median, percentile or successive-halving with it, or hyperband with tpe"
         )
+    if settings.fidelity is not None:
+        fidelity_full(task, settings.fidelity)
+        return
     text = progress_text(task)
     if text is None:
         raise PrunerError(
             f"--pruner {settings.kind} needs intermediate values, and the task declares none: add "
             '[task] progress = "REGEX" to the centaur.toml beside the script, with groups (?P<value>...) and '
-            "(?P<seconds>...) or (?P<step>...) (docs/pruning.md)"
+            "(?P<seconds>...) or (?P<step>...), or a time-budget fidelity: [task] fidelity = \"TIME_BUDGET\" "
+            "or --pruner-fidelity NAME (docs/pruning.md)"
         )
     ProgressPattern.compile(text)
+
+
+def task_fidelity(task: Any) -> str | None:
+    """The task's `[task] fidelity`, the default of --pruner-fidelity."""
+    table = getattr(getattr(task, "config", None), "task", None)
+    name = table.get("fidelity") if isinstance(table, dict) else None
+    return name if isinstance(name, str) and name.strip() else None
+
+
+def fidelity_full(task: Any, name: str) -> float:
+    """The script's own value of the fidelity parameter `name` (its full schedule); PrunerError when
+    the task cannot run short schedules of it."""
+    space = getattr(task, "space", None)
+    if space is None or not hasattr(task, "evaluate_at"):
+        raise PrunerError(f"--pruner-fidelity {name}: this task cannot run short schedules (scripts only)")
+    if name in space.names:
+        raise PrunerError(
+            f"--pruner-fidelity {name}: {name} is tuned; a fidelity must be left to the pruner. Exclude it "
+            f"in centaur.toml ([space] exclude = [{name!r}])"
+        )
+    if name in space.fixed:
+        raise PrunerError(f"--pruner-fidelity {name}: {name} is fixed in centaur.toml; a fidelity must vary")
+    full = space.constants.get(name)
+    if full is None:
+        found = ", ".join(sorted(k for k, v in space.constants.items() if _positive(v))) or "none"
+        raise PrunerError(
+            f"--pruner-fidelity {name}: the script has no untuned numeric parameter {name} "
+            f"(its numeric ones: {found})"
+        )
+    if not _positive(full) or full < 2:
+        raise PrunerError(f"--pruner-fidelity {name}: the script's value {full!r} is not a number >= 2")
+    return float(full)
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def study_pruner(study: optuna.Study) -> PrunerSettings:
@@ -224,16 +294,24 @@ class TrialPruning:
     """The watch of one running trial: reports its intermediate values and asks the pruner, on a thread.
 
     Used as a context manager around the trial's evaluation; `pruned` afterwards says whether the trial
-    was stopped by the pruner (its process killed), `last` the last (step, value) reported."""
+    was stopped by the pruner (its process killed, or with a fidelity its ladder left), `last` the last
+    (step, value) reported. With `settings.fidelity`, the task runs short schedules and asks `decide`
+    after each (no progress lines); else `pattern` reads them."""
 
-    def __init__(self, study: optuna.Study, trial: optuna.Trial, pattern: ProgressPattern) -> None:
+    def __init__(
+        self, study: optuna.Study, trial: optuna.Trial, pattern: ProgressPattern | None,
+        settings: PrunerSettings | None = None,
+    ) -> None:  # fmt: skip
         self.study, self.trial, self.pattern = study, trial, pattern
         self.stop = StopRequest()
         self.last: tuple[int, float] | None = None
         self.reports = 0
         self._queue: queue.Queue[tuple[list[int], float] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="centaur-pruning", daemon=True)
-        self.watch = TrialWatch(report=self._offer, stop=self.stop)
+        fidelity = settings.fidelity if settings is not None else None
+        ladder = FidelityLadder(fidelity, settings.rungs, self.decide) if fidelity and settings else None
+        self.unit = fidelity or (pattern.unit if pattern is not None else "step")
+        self.watch = TrialWatch(report=self._offer, stop=self.stop, fidelity=ladder)
 
     @property
     def pruned(self) -> bool:
@@ -242,6 +320,23 @@ class TrialPruning:
     def _offer(self, steps: list[int], value: float) -> None:  # the runner's reader thread: never blocks
         self._queue.put((steps, value))
 
+    def _report(self, step: int, value: float) -> bool:
+        try:
+            self.trial.report(value, step)
+        except Exception as e:  # a missed report only makes pruning coarser
+            log.debug("trial %d: reporting step %d failed: %s", self.trial.number, step, e)
+            return False
+        self.last = (step, value)
+        self.reports += 1
+        return True
+
+    def _should_prune(self) -> bool:
+        try:
+            return bool(self.trial.should_prune())
+        except Exception as e:
+            log.debug("trial %d: asking the pruner failed: %s", self.trial.number, e)
+            return False
+
     def _run(self) -> None:
         while True:
             item = self._queue.get()
@@ -249,23 +344,20 @@ class TrialPruning:
                 return
             steps, value = item
             for step in steps:
-                try:
-                    self.trial.report(value, step)
-                except Exception as e:  # a missed report only makes pruning coarser
-                    log.debug("trial %d: reporting step %d failed: %s", self.trial.number, step, e)
-                    continue
-                self.last = (step, value)
-                self.reports += 1
+                self._report(step, value)
             if self.stop.requested or not self._queue.empty():
                 continue  # decide on the newest report only
-            try:
-                prune = self.trial.should_prune()
-            except Exception as e:
-                log.debug("trial %d: asking the pruner failed: %s", self.trial.number, e)
-                continue
-            if prune and self.last is not None:
+            if self._should_prune() and self.last is not None:
                 step, value = self.last
                 self.stop.request(f"pruned at step {step} (value {value:g})")
+
+    def decide(self, step: int, value: float) -> bool:
+        """A fidelity rung's result: report it and ask the pruner now (the task waits for the answer)."""
+        if not self._report(step, value) or not self._should_prune():
+            return False
+        self.stop.request(f"pruned at {self.unit}={step} (value {value:g})")
+        self.stop.stopped = True  # nothing to kill: the task does not run the next rung
+        return True
 
     def __enter__(self) -> TrialPruning:
         self._thread.start()
@@ -277,7 +369,7 @@ class TrialPruning:
 
     def attrs(self) -> dict[str, Any]:
         """The pruned trial's own attributes: where it stopped and the value it had there."""
-        attrs: dict[str, Any] = {PROGRESS_UNIT_ATTR: self.pattern.unit}
+        attrs: dict[str, Any] = {PROGRESS_UNIT_ATTR: self.unit}
         if self.last is not None:
             attrs[PRUNED_STEP_ATTR], attrs[PRUNED_VALUE_ATTR] = self.last[0], float(self.last[1])
         return attrs
@@ -290,7 +382,9 @@ __all__ = [
     "PrunerSettings",
     "TrialPruning",
     "check_pruning",
+    "fidelity_full",
     "progress_text",
     "pruner_differences",
     "study_pruner",
+    "task_fidelity",
 ]

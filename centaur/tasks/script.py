@@ -20,7 +20,7 @@ from centaur.runner import classify, inject, run_script
 from centaur.runner.command import STARTER, command_argv, parse_command, starter_source
 from centaur.runner.inject import argv_for, retarget_paths
 from centaur.runner.outcome import metric_file_values, metric_values, reduce_values
-from centaur.runner.progress import ProgressPattern, ProgressReader, current_watch
+from centaur.runner.progress import ProgressPattern, ProgressReader, TrialWatch, current_watch
 from centaur.space import SearchSpace, load_space
 from centaur.space.configfile import override_args
 from centaur.tasks.base import TrialResult, TrialStatus
@@ -74,9 +74,49 @@ class ScriptTask:
         problems = self.space.violations(config)
         if problems:
             return TrialResult(TrialStatus.INVALID, error="; ".join(problems))
+        watch = current_watch()
+        if watch is not None and watch.fidelity is not None:
+            return self._evaluate_ladder(config, trial_dir, watch)
+        return self.evaluate_at(config, trial_dir)
+
+    def _evaluate_ladder(self, config: dict[str, Any], trial_dir: Path, watch: TrialWatch) -> TrialResult:
+        """A time-budget fidelity: the configuration's complete short schedules first (trial_dir/NAME-VALUE),
+        the pruner asked after each; the full one, in trial_dir itself, only if none was pruned. The cost
+        is what all the runs cost; a short run that fails is the trial's result."""
+        ladder = watch.fidelity
+        assert ladder is not None
+        full = self.space.constants[ladder.name]
+        rungs = ladder.rungs(float(full))
+        spent_cost = spent_wall = 0.0
+        runs: list[dict[str, Any]] = []
+        result = TrialResult(TrialStatus.CRASH, error="no run")
+        for rung in rungs:
+            last = rung == rungs[-1]
+            value: Any = full if last else (type(full)(rung) if isinstance(full, int) else float(rung))
+            where = trial_dir if last else trial_dir / f"{ladder.name}-{rung}"
+            result = self.evaluate_at(config, where, {ladder.name: value})
+            spent_cost += result.cost_s or 0.0
+            spent_wall += result.wall_s or 0.0
+            runs.append({ladder.name: value, "status": result.status.value, "value": result.value,
+                         "cost_s": result.cost_s})  # fmt: skip
+            if result.status is not TrialStatus.OK or result.value is None:
+                break
+            if last:
+                watch.report([rung], result.value)  # the complete trial's value at its full step, for the pruner
+                break
+            if ladder.decide(rung, result.value):
+                break
+        extra = {**result.extra, "fidelity_runs": runs}
+        return dataclasses.replace(result, cost_s=spent_cost, wall_s=spent_wall, extra=extra)
+
+    def evaluate_at(self, config: dict[str, Any], trial_dir: Path, overrides: dict[str, Any] | None = None
+                    ) -> TrialResult:  # fmt: skip
+        """One run of the script with `config` in `trial_dir`; `overrides`: values of untuned parameters
+        for this run (a fidelity's short schedule)."""
         trial_dir.mkdir(parents=True, exist_ok=True)
         work_copy = trial_dir / self.script.name
         source = self.script.read_text(encoding="utf-8")
+        config = {**config, **(overrides or {})}
         values = {**config, **self.space.fixed}
         target = work_copy
         config_file = getattr(self.space, "config_file", None)
@@ -227,7 +267,7 @@ class ScriptTask:
         watch = current_watch()
         reader = None
         progress = self.config.task.get("progress")
-        if watch is not None and isinstance(progress, str) and progress.strip():
+        if watch is not None and watch.fidelity is None and isinstance(progress, str) and progress.strip():
             sign = -1.0 if getattr(getattr(self.config, "metric", None), "direction", "") == "maximize" else 1.0
             report = watch.report
             reader = ProgressReader(ProgressPattern.compile(progress), lambda steps, v: report(steps, sign * v))

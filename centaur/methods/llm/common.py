@@ -158,7 +158,12 @@ def failure_text(obs: Observation) -> str:
 
 def pruned_text(obs: Observation) -> str:
     """A trial the pruner stopped: `pruned at 60 s, val 1.12` (where it stopped, its last value there)."""
-    where = "" if obs.step is None else f" at {obs.step} s" if obs.unit == "s" else f" at step {obs.step}"
+    if obs.step is None:
+        where = ""
+    elif obs.unit in ("s", "step"):
+        where = f" at {obs.step} s" if obs.unit == "s" else f" at step {obs.step}"
+    else:  # a time-budget fidelity: the short schedule it ran last
+        where = f" after a run at {obs.unit}={obs.step}"
     value = f", val {obs.value:.4g}" if obs.value is not None and math.isfinite(obs.value) else ""
     return f"pruned{where}{value}"
 

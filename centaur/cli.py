@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +17,7 @@ from rich.table import Table
 from centaur.api import BUNDLED_TASK, DEFAULT_METHOD, DEFAULT_RUN_ROOT, resolve_task, tune
 from centaur.errors import USER_ERRORS
 from centaur.methods.base import MethodError, available_methods
-from centaur.runner.inject import inject
+from centaur.runner.inject import argv_for, inject
 from centaur.study.pruning import PrunerSettings
 from centaur.study.records import StudySummary, summarize
 from centaur.study.storage import default_storage_url, open_storage
@@ -345,13 +346,33 @@ def best(
         console.print(f"best {s.best_metric:.6f} at trial {s.best_trial}")
         console.print_json(json.dumps(s.best_config))
         if script is not None:
-            out = output or script.with_name(f"{script.stem}_best{script.suffix}")
-            edited = st.user_attrs.get("agent_code:best_source")  # agent-code: the best script is edited code
-            text = edited or inject(script.read_text(encoding="utf-8"), s.best_config, str(script))
-            out.write_text(text, encoding="utf-8")
-            console.print(f"wrote {out}")
+            _write_best(script, s.best_config, output, st.user_attrs.get("agent_code:best_source"))
     except USER_ERRORS as e:
         _fail(e)
+
+
+def _write_best(script: Path, config: dict, output: Path | None, edited: str | None) -> None:
+    """The best configuration applied where the script's source keeps its values: a copy of the script
+    (constants, globals; agent-code: its edited code), of its `[space] config` file, or the command line
+    of its argparse options."""
+    from centaur.space import load_space
+
+    space = None if edited else load_space(script)
+    config_file = getattr(space, "config_file", None)
+    if config_file is not None:
+        values = {k: v for k, v in {**config, **space.fixed}.items() if k in config_file.leaves}
+        path = config_file.path
+        out = output or path.with_name(f"{path.stem}_best{path.suffix}")
+        out.write_text(config_file.render(values), encoding="utf-8")
+        console.print(f"wrote {out} (the script reads {config_file.shown}: point it there, or copy it over)")
+        return
+    if space is not None and getattr(space, "source", "") == "argparse":
+        words = argv_for(space.arguments, {**config, **space.fixed})
+        console.print("run it with: python " + shlex.join([str(script), *words]))
+        return
+    out = output or script.with_name(f"{script.stem}_best{script.suffix}")
+    out.write_text(edited or inject(script.read_text(encoding="utf-8"), config, str(script)), encoding="utf-8")
+    console.print(f"wrote {out}")
 
 
 def _centaur_options(method: str, ratio: float | None, warmup: int | None, no_state: bool,

@@ -290,3 +290,40 @@ def test_command_with_gpu_memory_fraction_runs_a_starter_and_a_config_path(tmp_p
     argv = shlex.split((folder / "command.txt").read_text())
     assert argv[1:] == [str(folder / "centaur_launch.py"), str(folder / "conf" / "train.yaml")]
     assert json.dumps(str(folder / "train.py"))[1:-1] in (folder / "centaur_launch.py").read_text()
+
+
+def test_best_writes_the_config_file_copy_and_the_argparse_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from centaur.cli import app
+
+    script = copy("yamlconfig", tmp_path)
+    result = centaur.tune(script, method="random", n_trials=2, run_dir=tmp_path / "runs")
+    best = result.summary.best_config
+    out = tmp_path / "best.yaml"
+    res = CliRunner().invoke(app, ["best", "--study-name", result.study.study_name, "--run-dir",
+                                   str(tmp_path / "runs"), "--script", str(script), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    data = yaml.load(out.read_text(), Loader=yaml.SafeLoader)
+    assert data["model"]["n_layer"] == best["model.n_layer"]
+    assert float(data["optimizer"]["lr"]) == pytest.approx(best["optimizer.lr"])
+    assert "# never tuned: I/O" in out.read_text()  # the file's own comments and layout are kept
+    assert script.read_text() == (SOURCES / "yamlconfig" / "train.py").read_text()  # the script is untouched
+
+
+def test_best_of_an_argparse_script_is_its_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from centaur.cli import app
+
+    script = copy("argparse", tmp_path)
+    result = centaur.tune(script, method="random", n_trials=2, run_dir=tmp_path / "runs")
+    assert result.summary.best_config is not None
+    res = CliRunner().invoke(app, ["best", "--study-name", result.study.study_name, "--run-dir",
+                                   str(tmp_path / "runs"), "--script", str(script)], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("run it with: python "))
+    words = shlex.split(line.removeprefix("run it with: "))
+    assert words[1] == str(script)
+    lr = next(float(w.split("=", 1)[1]) for w in words if w.startswith("--lr="))
+    assert lr == pytest.approx(result.summary.best_config["lr"])

@@ -385,3 +385,13 @@ def test_cli_pruner_options_are_checked_by_name(tmp_path: Path) -> None:
     r = runner.invoke(app, ["tune", str(script), "--pruner", "median", "--pruner-min-resource", "5s",
                             "--n-trials", "1", "--run-dir", str(tmp_path / "r")])
     assert r.exit_code == 2 and "--pruner-min-resource: not a setting of --pruner median" in r.output
+
+
+def test_reports_count_pruned_trials_apart_from_failures() -> None:
+    from centaur.report.collect import Run, TrialRecord
+
+    run = Run("s", "tpe", 0, "t", None, [
+        TrialRecord(0, "ok", 1.0, 10.0), TrialRecord(1, "pruned", None, 3.0), TrialRecord(2, "oom", None, 1.0),
+    ])
+    assert run.failure_share == pytest.approx(1 / 3)  # the pruner's stops are not failures
+    assert run.failures == {"pruned": 1, "oom": 1} and run.used_s == 14.0  # but they are listed and they cost

@@ -76,8 +76,10 @@ class Run:
 
     @property
     def failure_share(self) -> float:
-        """Share of counted trials that failed, of any cause (the study's "OOM%")."""
-        return sum(t.status != "ok" for t in self.counted) / len(self.counted) if self.counted else math.nan
+        """Share of counted trials that failed, of any cause (the study's "OOM%"). A pruned trial did not
+        fail (the pruner stopped it); `failures` still lists it, as "pruned"."""
+        failed = sum(t.status not in ("ok", "pruned") for t in self.counted)
+        return failed / len(self.counted) if self.counted else math.nan
 
     @property
     def failures(self) -> Counter:

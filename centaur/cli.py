@@ -380,7 +380,7 @@ def _centaur_options(method: str, ratio: float | None, warmup: int | None, no_st
     """The ablation switches of `centaur` as method options; an error for any other method."""
     given = {"llm_ratio": ratio, "llm_warmup": warmup, "cma_state": False if no_state else None, "backend": backend}
     given = {k: v for k, v in given.items() if v is not None}
-    if given and method != "centaur":
+    if given and method not in ("centaur", "centaur-null"):
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise MethodError(f"{flags}: only for --method centaur, not {method!r}")
     return given

@@ -98,7 +98,7 @@ def test_cma_mean_moves_towards_points_only_the_llm_proposed(tmp_path):
     counter: list[int] = []
     with FakeLLMServer(responder=lambda body: near_optimum(body, counter)) as server:
         client = client_for(server, tmp_path)
-        opts = {"llm_ratio": 0.3, "llm_warmup": 10}
+        opts = {"llm_ratio": 0.3, "llm_warmup": 10, "trust": "fixed"}  # the fixed schedule's exact count
         first = centaur.tune(Bowl(), method="centaur", n_trials=30, budget=None, storage=storage, seed=1,
                              run_dir=tmp_path, llm=client, method_options=opts)
         mid_distance, mid_gen = cma_mean_distance(first.study)
@@ -127,7 +127,7 @@ def test_cma_mean_moves_towards_points_only_the_llm_proposed(tmp_path):
 
 # -- duplicates, failures, fallback ---------------------------------------------------------------
 def make_sampler(server: FakeLLMServer, tmp_path: Path, **options: Any):
-    ctx = MethodContext(space=SPACE, seed=0, options={"llm_warmup": 0, "llm_ratio": 1.0, **options},
+    ctx = MethodContext(space=SPACE, seed=0, options={"llm_warmup": 0, "llm_ratio": 1.0, "trust": "fixed", **options},
                         task_description="test", llm=client_for(server, tmp_path), run_dir=tmp_path)
     return create_sampler("centaur", ctx)
 
@@ -228,7 +228,7 @@ def test_prompt_for_14_parameters_at_trial_300_fits_its_budget(tmp_path):
     with FakeLLMServer() as server:
         settings = LLMSettings(base_url=server.base_url, model="fake-model", max_retries=0, context_tokens=8192)
         ctx = MethodContext(space=space, seed=0, task_description="Train a GPT; minimize val_bpb.",
-                            llm=LLMClient(settings), options={"metric": "val_bpb"})
+                            llm=LLMClient(settings), options={"metric": "val_bpb", "prompt": "full"})
         sampler = create_sampler("centaur", ctx)
         study.sampler = sampler
         trial = study.ask()
@@ -293,7 +293,7 @@ def test_cli_tune_centaur_with_ablation_switches(tmp_path):
     answer = {"content": json.dumps({"LEARNING_RATE": 0.003, "WIDTH": 128, "LAYERS": 5})}
     with FakeLLMServer(responder=lambda body: answer) as server:
         args = ["tune", str(QUAD), "-m", "centaur", "--n-trials", "8", "--budget", "1h", "--run-dir", str(tmp_path),
-                "--llm-ratio", "0.5", "--llm-warmup", "3", "--no-cma-state"]
+                "--llm-ratio", "0.5", "--llm-warmup", "3", "--no-cma-state", "-o", "trust=fixed"]
         res = CliRunner().invoke(app, args, env={"CENTAUR_LLM_BASE_URL": server.base_url,
                                                  "CENTAUR_LLM_MODEL": "fake-model", "COLUMNS": "200"})
         prompts = [r["body"]["messages"][-1]["content"] for r in server.chat_requests()]

@@ -38,7 +38,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "agent-hps": {},
     "llambo": {"n_candidates": 2, "n_samples": 2},
     "llambo-hub": {"n_candidates": 2, "n_samples": 2, "n_initial": 1},
-    "centaur": {"llm_warmup": 1, "llm_ratio": 1.0},
+    "centaur": {"llm_warmup": 1, "llm_ratio": 1.0, "trust": "fixed"},  # every trial after the first an LLM turn
 }
 FALLBACK = {"agent-hps": "tpe", "llambo": "tpe", "llambo-hub": "tpe", "centaur": "cmaes"}
 

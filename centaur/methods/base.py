@@ -26,13 +26,16 @@ class MethodError(ValueError):
 class MethodContext:
     """Everything a method factory may need. Factories take what they use and ignore the rest."""
 
-    space: SearchSpace
+    space: SearchSpace = field(default_factory=lambda: SearchSpace(()))  # empty: a method that needs one refuses
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # method options from CLI/centaur.toml [methods.NAME]
     task_description: str = ""  # for LLM prompts: generated from the task, with the real hardware and cap
     penalty: float = 100.0  # objective value that failed trials were told with
     run_dir: Path | None = None  # where a method may keep logs (LLM call logs ...)
     llm: Any = None  # centaur.llm settings, when the method uses an LLM
+    # A suffix for the study attributes a method keeps its state under, when one study holds several
+    # spaces (centaur.samplers builds one sampler per inferred space); "" inside `centaur tune`.
+    space_tag: str = ""
 
 
 MethodFactory = Callable[[MethodContext], BaseSampler]
@@ -131,6 +134,28 @@ def seeded_random_value(
     replayed after a resume. For parameters a relative sampler leaves to `sample_independent`."""
     sampler = optuna.samplers.RandomSampler(seed=trial_seed(seed, trial.number, name) % (2**32 - 1))
     return sampler.sample_independent(study, trial, name, distribution)
+
+
+def require_single_objective(study: optuna.Study, method: str) -> None:
+    """Refuse a multi-objective study at once, naming the method (MethodError is a ValueError)."""
+    n = len(study.directions)
+    if n > 1:
+        raise MethodError(f"{method} supports single-objective studies only; this study has {n} objectives")
+
+
+def minimising_sign(study: optuna.Study) -> float:
+    """1.0 for a minimised study, -1.0 for a maximised one: `sign * value` is what an optimizer minimises.
+    (`centaur tune` always minimises: it negates a maximised metric itself.)"""
+    return -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+
+
+def require_space(ctx: MethodContext, method: str) -> None:
+    """Refuse an empty space for a method that proposes whole configurations (it would only sample at random)."""
+    if len(ctx.space) == 0:
+        raise MethodError(
+            f"{method} needs a search space: build it with one, or use centaur.samplers.create({method!r}), "
+            "which infers the space from the distributions the Optuna program suggests"
+        )
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:

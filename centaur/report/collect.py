@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from optuna.trial import TrialState
 from centaur.bench.grid import SECONDS_ATTR
 from centaur.paths import absolute_path, absolute_storage_url
 from centaur.study.records import cost_of, is_success, status_of
-from centaur.study.schema import SOURCE_ATTR, STUDY_BUDGET, STUDY_METHOD, STUDY_SEED, STUDY_TASK
+from centaur.study.schema import CONFIG_ATTR, SOURCE_ATTR, STUDY_BUDGET, STUDY_METHOD, STUDY_SEED, STUDY_TASK
 from centaur.study.storage import open_storage
 
 REFERENCE_BUDGET_S = 86400.0  # the reference study's 24 h
@@ -34,6 +35,7 @@ class TrialRecord:
     llm_calls: int = 0
     llm_seconds: float = 0.0
     source: str = ""
+    config_key: str | None = None  # the configuration's identity (repeated evaluations share it)
 
 
 @dataclass
@@ -84,6 +86,17 @@ class Run:
     @property
     def failures(self) -> Counter:
         return Counter(t.status for t in self.counted if t.status != "ok")
+
+    def best_repeats(self) -> tuple[int, float | None]:
+        """How many successful counted trials evaluated the best trial's configuration, and their mean value
+        (the winner's curse: the best of many noisy draws of one configuration is below its mean)."""
+        b = self.best_trial
+        if b is None:
+            return 0, None
+        if b.config_key is None:
+            return 1, b.value
+        values = [t.value for t in self.counted if t.value is not None and t.config_key == b.config_key]
+        return len(values), float(np.mean(values))
 
     def incumbent(self) -> tuple[np.ndarray, np.ndarray]:
         """Cumulative cost (s) at the end of each counted trial, and the best value so far (NaN before any)."""
@@ -147,7 +160,22 @@ def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
         llm_calls=int(t.user_attrs.get("llm_calls", 0)),
         llm_seconds=float(t.user_attrs.get("llm_seconds", 0.0)),
         source=str(t.user_attrs.get(SOURCE_ATTR, "")),
+        config_key=_config_key(t.user_attrs.get(CONFIG_ATTR) or t.params),
     )
+
+
+def _config_key(config: object) -> str | None:
+    if not isinstance(config, dict) or not config:
+        return None
+    return json.dumps({k: _canonical(v) for k, v in sorted(config.items())}, default=str)
+
+
+def _canonical(v: object) -> object:
+    """Numbers compared by value (an integer stored as 64.0 is the same configuration as 64)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return v
+    f = float(v)
+    return int(f) if math.isfinite(f) and f.is_integer() else float(f"{f:.12g}")
 
 
 def runs_from_trials_file(path: str | Path, budget_s: float = REFERENCE_BUDGET_S) -> list[Run]:
@@ -155,7 +183,7 @@ def runs_from_trials_file(path: str | Path, budget_s: float = REFERENCE_BUDGET_S
 
     The file does not say why a trial failed (almost always CUDA OOM); failures are classed "failed".
     """
-    from centaur.surrogate.data import load_trials
+    from centaur.surrogate.data import HP_NAMES, load_trials
 
     df = load_trials(path)
     runs: list[Run] = []
@@ -163,7 +191,8 @@ def runs_from_trials_file(path: str | Path, budget_s: float = REFERENCE_BUDGET_S
         g = g.sort_values("tid")
         records = [
             TrialRecord(number=int(r.tid), status="ok" if r.success else "failed",
-                        value=float(r.val_bpb) if r.success else None, cost_s=float(r.wt))
+                        value=float(r.val_bpb) if r.success else None, cost_s=float(r.wt),
+                        config_key=_config_key({h: getattr(r, h) for h in HP_NAMES}))
             for r in g.itertuples()
         ]
         runs.append(Run(name=f"{method} seed {seed}", method=str(method), seed=int(seed),

@@ -100,6 +100,44 @@ def runs_md(runs: list[Run]) -> str:
                    "budget used (h)", "wall s"], body)
 
 
+def winners_curse_md(runs: list[Run]) -> str:
+    """Per run: how often its best configuration was evaluated, the mean of those evaluations, and the gap
+    between the best single value and that mean. A best that is the minimum of many noisy evaluations of
+    one configuration is lower than what that configuration gives on average (the winner's curse)."""
+    body = []
+    for r in sorted(runs, key=lambda r: (r.method, r.seed)):
+        n, mean = r.best_repeats()
+        if r.best is None or mean is None:
+            continue
+        body.append([r.method, str(r.seed), f"{r.best:.4f}", str(n), f"{mean:.4f}", f"{r.best - mean:+.4f}"])
+    return _table(["method", "seed", "best single value", "evaluations of that configuration",
+                   "their mean", "best − mean"], body)
+
+
+def winners_curse_summary(runs: list[Run]) -> list[str]:
+    """One line per method whose bests were evaluated more than once on some seed."""
+    lines = []
+    by: dict[str, list[tuple[int, float, float]]] = {}
+    for r in runs:
+        n, mean = r.best_repeats()
+        if r.best is not None and mean is not None:
+            by.setdefault(r.method, []).append((n, r.best, mean))
+    for method, rows in sorted(by.items()):
+        repeated = [x for x in rows if x[0] > 1]
+        if repeated:
+            gap = sum(b - m for _, b, m in rows) / len(rows)
+            most = max(n for n, _, _ in rows)
+            lines.append(f"- **{method}**: the best configuration was evaluated more than once on {len(repeated)} of "
+                         f"{len(rows)} seeds (up to {most} times); mean best {_mean(rows, 1):.4f} "
+                         f"against a mean of those configurations' evaluations of {_mean(rows, 2):.4f} "
+                         f"(gap {gap:+.4f}).")
+    return lines
+
+
+def _mean(rows: list[tuple[int, float, float]], i: int) -> float:
+    return sum(x[i] for x in rows) / len(rows)
+
+
 def build_report(runs: list[Run], out_dir: Path | str, *, title: str, source: str, metric: str = "val_bpb") -> Report:
     """Write report.md, report.html and the PNGs into OUT_DIR."""
     import markdown
@@ -151,6 +189,16 @@ def build_report(runs: list[Run], out_dir: Path | str, *, title: str, source: st
             "data (with n paired seeds the smallest exact two-sided p is 2/2^n, above 0.05 for n < 6). "
             "Run more seeds before calling a difference significant."
         )
+    curse = winners_curse_summary(runs)
+    parts += [
+        "## Winner's curse: repeated evaluations of the best configuration",
+        "How often each run's best configuration was evaluated, the mean of those evaluations, and the gap between "
+        "the best single value and that mean. With noisy evaluations, the minimum of many draws of one configuration "
+        "lies below what it gives on average: a method that re-evaluates its incumbent reports part of the noise "
+        "as progress.",
+        *(curse or ["No run evaluated its best configuration more than once."]),
+        winners_curse_md(runs),
+    ]
     parts += ["## Runs", runs_md(runs)]
     text = "\n\n".join(parts) + "\n"
     md_path = out / "report.md"

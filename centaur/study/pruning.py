@@ -45,6 +45,7 @@ NO_HYPERBAND = {
     "centaur": "Centaur's CMA-ES tells whole generations, and Hyperband shows each trial's sampler only its "
     "own bracket, so one generation would mix brackets pruned at different resources",
 }
+NO_HYPERBAND["centaur-null"] = NO_HYPERBAND["centaur"]
 # Which settings each pruner takes (the others are left out of the identity and refused when given).
 _TAKES = {
     "none": (),

@@ -26,8 +26,8 @@ class CmaBackend(Protocol):
     def accept_own(self, study: optuna.Study, trial: FrozenTrial, handle: Any) -> None: ...
     def accept_external(self, study: optuna.Study, trial: FrozenTrial, handle: Any) -> None: ...
     def view(self, study: optuna.Study, handle: Any) -> CmaView | None: ...
-    def perturb(self, config: dict[str, Any], handle: Any,
-                rejected: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None: ...
+    def perturb(self, config: dict[str, Any], handle: Any, rejected: Callable[[dict[str, Any]], bool],
+                salt: str = "centaur-perturb", fresh: bool = False) -> dict[str, Any] | None: ...
     def predicted_oom(self, config: dict[str, Any]) -> float | None: ...
 
 
@@ -91,12 +91,15 @@ class OurCmaBackend:
                           generation=opt.generation, from_unit=cma.from_unit, mean_config=mean_config,
                           categorical=categorical)
 
-    def perturb(self, config: dict[str, Any], handle: Any,
-                rejected: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    def perturb(self, config: dict[str, Any], handle: Any, rejected: Callable[[dict[str, Any]], bool],
+                salt: str = "centaur-perturb", fresh: bool = False) -> dict[str, Any] | None:
+        """`config` moved by a step drawn from CMA-ES's distribution, seeded by (seed, trial, `salt`): the
+        step of CMA-ES's own sample for the trial first, unless `fresh` (then only new draws)."""
         sol, opt, number = handle
-        rng = np.random.RandomState(trial_seed(self.cma.seed, number, "centaur-perturb") % (2**32 - 1))
+        rng = np.random.RandomState(trial_seed(self.cma.seed, number, salt) % (2**32 - 1))
         with library.drawing_with(opt, rng):
-            draws = [library.raw_sample(sol)] + [library.raw_sample(opt.ask()) for _ in range(4)]
+            draws = [] if fresh else [library.raw_sample(sol)]
+            draws += [library.raw_sample(opt.ask()) for _ in range(5 if fresh else 4)]
         return _offset_perturb(self.cma, config, library.distribution(opt).mean, draws, rejected)
 
     def predicted_oom(self, config: dict[str, Any]) -> float | None:
@@ -137,9 +140,9 @@ class OptunaCmaBackend:
     def view(self, study: optuna.Study, handle: Any) -> CmaView | None:
         return None  # Optuna keeps its optimizer private; this backend runs with the history only
 
-    def perturb(self, config: dict[str, Any], handle: Any,
-                rejected: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
-        salt = json.dumps(config, sort_keys=True, default=str)
+    def perturb(self, config: dict[str, Any], handle: Any, rejected: Callable[[dict[str, Any]], bool],
+                salt: str = "centaur-perturb", fresh: bool = False) -> dict[str, Any] | None:
+        salt = ("" if salt == "centaur-perturb" else salt) + json.dumps(config, sort_keys=True, default=str)
         rng = np.random.RandomState(trial_seed(self.seed, 0, salt) % (2**32 - 1))
         mean = np.zeros(len(self.helper.numeric))
         draws = [rng.normal(0.0, 1 / 6, len(mean)) for _ in range(5)]

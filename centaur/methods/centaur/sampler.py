@@ -28,10 +28,20 @@ from centaur.llm import (
     config_schema,
     validate_proposal,
 )
-from centaur.methods.base import SOURCE_ATTR, MethodContext, MethodError, option_flag, register, set_trial_attr
+from centaur.methods.base import (
+    SOURCE_ATTR,
+    MethodContext,
+    MethodError,
+    option_flag,
+    register,
+    require_space,
+    set_trial_attr,
+)
 from centaur.methods.centaur.backends import CmaBackend, OptunaCmaBackend, OurCmaBackend
+from centaur.methods.centaur.compact import RECENT, compact_prompt, prompt_profile
 from centaur.methods.centaur.failure_regions import failure_summary
 from centaur.methods.centaur.schedule import LLMSchedule
+from centaur.methods.centaur.trust import SHARE_ATTR, turn_policy
 from centaur.methods.cmaes.sampler import CMAES_OPTIONS, FAILURE_POLICIES, catcma_from_options
 from centaur.methods.llm.common import (
     SYSTEM_PROMPT,
@@ -46,6 +56,8 @@ from centaur.methods.llm.common import (
     read_history,
     space_text,
 )
+from centaur.study import optuna_private as op
+from centaur.study.optuna_private import set_trial_attrs
 
 DUPLICATE_POLICIES = ("reask", "perturb", "allow")
 CMA_PROPOSAL_ATTR = "cma_proposal"
@@ -57,7 +69,7 @@ class CentaurSampler(LLMSampler):
     turns = "LLM turns"  # only the schedule's LLM turns ask the endpoint
     options_known = LLMSampler.options_known | CMAES_OPTIONS | {
         "llm_ratio", "llm_warmup", "llm_trials", "cma_state", "backend", "failed_llm", "duplicates",
-        "history", "best_k", "temperature",
+        "history", "best_k", "temperature", "prompt", "trust", "trust_floor", "trust_ceiling",
     }
 
     def __init__(self, ctx: MethodContext, client: LLMClient | None = None) -> None:
@@ -67,6 +79,8 @@ class CentaurSampler(LLMSampler):
         if isinstance(trials, str):
             trials = [int(t) for t in trials.replace(",", " ").split()]
         self.schedule = LLMSchedule(float(o.get("llm_ratio", 0.3)), int(o.get("llm_warmup", 10)), trials)
+        self.turn_policy = turn_policy(self.schedule, o, ctx.seed)  # adaptive trust unless -o trust=fixed
+        self.prompt_profile = prompt_profile(o.get("prompt"), self.client.settings)
         self.show_state = option_flag(o.get("cma_state", True))
         self.duplicates = str(o.get("duplicates", "reask"))
         if self.duplicates not in DUPLICATE_POLICIES:
@@ -74,7 +88,7 @@ class CentaurSampler(LLMSampler):
         failed_llm = str(o.get("failed_llm", "worst"))
         if failed_llm not in FAILURE_POLICIES:
             raise MethodError(f"centaur: failed_llm must be one of {FAILURE_POLICIES}, not {failed_llm!r}")
-        self.history_k = int(o.get("history", 20))
+        self.history_k = int(o.get("history", RECENT if self.prompt_profile == "compact" else 20))
         self.best_k = int(o.get("best_k", 5))
         self.temperature = float(o.get("temperature", 0.7))
         backend = str(o.get("backend", "cmaes"))
@@ -110,8 +124,10 @@ class CentaurSampler(LLMSampler):
         if trial.system_attrs.get("fixed_params"):
             return self.cma.fixed(study, trial)
         own, handle = self.cma.propose(study, trial)
-        set_trial_attr(study, trial, CMA_PROPOSAL_ATTR, own)
-        if not self.schedule.is_llm_turn(trial.number):
+        llm_turn, share = self.turn_policy.decide(study, trial)
+        set_trial_attrs(op.storage_of(study), op.trial_id(trial), user_attrs={
+            CMA_PROPOSAL_ATTR: own, **({SHARE_ATTR: round(share, 4)} if share is not None else {})})
+        if not llm_turn:
             self.cma.accept_own(study, trial, handle)
             set_trial_attr(study, trial, SOURCE_ATTR, "cmaes")
             return self._params(own, search_space)
@@ -197,6 +213,8 @@ class CentaurSampler(LLMSampler):
         is kept short. Most turns recompute only their new rows and the tail. Rows are table lines under
         one header with 4 significant digits, not JSON objects that repeat every key.
         """
+        if self.prompt_profile == "compact":
+            return compact_prompt(self, study, history, own, handle, recent=self.history_k)
         space, metric = self.space, self.metric
         direction = "lower is better" if history.minimize else "higher is better"
         head = [f"## Task\n{self.task_description}\n", f"## Search space\n{space_text(space)}\n"
@@ -283,5 +301,39 @@ def block_start(n: int, k: int) -> int:
 
 @register("centaur", "CMA-ES (ours) whose state is shown to an LLM that proposes a share of the trials")
 def _centaur(ctx: MethodContext) -> CentaurSampler:
+    require_space(ctx, CentaurSampler.method)
     return CentaurSampler(ctx)
 
+
+
+class NullCentaurSampler(CentaurSampler):
+    """`centaur-null`, the control: Centaur's schedule, trust, duplicate handling, veto and records, but the
+    "LLM" answers with CMA-ES's own proposal moved by a step drawn from CMA-ES's distribution (seeded by
+    the trial, so a rerun proposes the same). It costs no LLM time and shows what perturbation alone
+    does; the difference to `centaur` is what the LLM's knowledge adds."""
+
+    method = "centaur-null"
+
+    def propose_llm(self, study: optuna.Study, trial: FrozenTrial, history: History, own: dict[str, Any],
+                    handle: Any) -> Outcome:
+        space = self.space
+        seen = history.seen(space)
+        config = self.cma.perturb(own, handle, lambda c: space.key_of(c) in seen or bool(space.violations(c)),
+                                  salt="centaur-null", fresh=True)
+        if config is None:
+            return Outcome(config=own, source="llm-fallback:cmaes", repairs=["no fresh perturbation: CMA-ES's own"],
+                           detail={"null": True})
+        detail: dict[str, Any] = {"null": True}
+        p_oom = self.cma.predicted_oom(config)
+        if p_oom is not None:
+            detail["vetoed"], detail["p_oom"] = config, round(p_oom, 3)
+            return Outcome(config=own, source="llm-fallback:predicted-oom", detail=detail,
+                           repairs=[f"predicted OOM (p={p_oom:.2f}): CMA-ES's proposal runs"])
+        return Outcome(config=config, detail=detail)
+
+
+@register("centaur-null", "control for centaur: the same schedule, trust and veto, the LLM replaced by CMA-ES's "
+          "proposal moved by a random step from CMA-ES's distribution (no LLM)")
+def _centaur_null(ctx: MethodContext) -> CentaurSampler:
+    require_space(ctx, NullCentaurSampler.method)
+    return NullCentaurSampler(ctx)

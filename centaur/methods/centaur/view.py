@@ -57,6 +57,43 @@ class CmaView:
             lines.append(f"- {name} probabilities: {shown}")
         return "\n".join(lines)
 
+    def compact_text(self) -> str:
+        """The same facts in fewer tokens, for small local models (SmolLM2 spends a token per digit): one
+        line a parameter, its mean and one-sd range with 2 significant digits."""
+        lines = [f"gen {self.generation}, sigma {short_number(self.sigma, 2)} (start {short_number(self.sigma0, 2)}); "
+                 "mean (mean-1sd..mean+1sd):"]
+        lines += [f"{s.name} {short_number(s.centre, 2)} ({short_number(s.low, 2)}..{short_number(s.high, 2)})"
+                  for s in self.spreads]
+        if self.correlations:
+            lines.append("corr: " + ", ".join(f"{a}&{b} {r:+.1f}" for a, b, r in self.correlations))
+        for name, probs in self.categorical.items():
+            ranked = sorted(probs.items(), key=lambda kv: -kv[1])
+            shown = " ".join(f"{k} {v:.2f}".replace(" 0.", " .") for k, v in ranked)
+            lines.append(f"{name} p: {shown}")
+        return "\n".join(lines)
+
+
+def short_number(v: Any, digits: int = 3) -> str:
+    """A number with `digits` significant digits and no more: integers as they are, small magnitudes in
+    scientific notation without padding (1.2e-3, not 0.0012 or 1.20e-03), trailing zeros dropped."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return str(v)
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    x = float(v)
+    if x == 0 or not np.isfinite(x):
+        return "0" if x == 0 else str(x)
+    if abs(x) < 0.01:
+        mantissa, exp = f"{x:.{max(0, digits - 1)}e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
+        return f"{mantissa}e{int(exp)}"
+    if abs(x) >= 10 ** digits:
+        return f"{x:.0f}"
+    text = f"{x:.{digits}g}"
+    if "e" in text:  # g switched to scientific for a large magnitude within `digits`
+        return f"{x:.0f}"
+    return text
+
 
 def build_view(
     *,

@@ -26,9 +26,18 @@ from optuna.trial import TrialState
 
 from centaur.agentcode.bwrap import sandbox_problem
 from centaur.agentcode.edits import EditError, apply_edits, description_of, parse_reply, unified_diff
+from centaur.agentcode.evaluator import (
+    FUNCTION,
+    MODEL_FILE,
+    Evaluation,
+    declared_evaluation,
+    evaluate_out_of_process,
+    training_view,
+    validation_windows,
+)
 from centaur.agentcode.integrity import Protection, check_output, check_source
 from centaur.agentcode.prompt import SYSTEM_PROMPT, Experiment, build_prompt
-from centaur.agentcode.sandbox import network_isolation, run_isolated
+from centaur.agentcode.sandbox import limits, model_process, network_isolation, run_isolated
 from centaur.llm import LLMClient, LLMError, LLMUnavailable
 from centaur.llm.local import LLMSetupError
 from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, MethodContext, MethodError
@@ -165,6 +174,7 @@ class CodeAgent:
         self.original = task.script.read_text(encoding="utf-8")
         self.protection = self._protection()
         self.modules = sorted(p.stem for p in task.script.parent.glob("*.py") if p != task.script)
+        self.evaluation: Evaluation | None = declared_evaluation(task.script)
 
     # -- setup -----------------------------------------------------------------------------------
     def _protection(self) -> Protection:
@@ -202,7 +212,7 @@ class CodeAgent:
     # -- the loop --------------------------------------------------------------------------------
     def run(self, *, budget_s: float | None, n_trials: int | None, progress: ProgressHook | None = None
             ) -> TuneResult:
-        check_can_run(self.options)
+        check_can_run(self.options, self.task)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         lost = close_lost_trials(self.study)
         if lost:
@@ -214,7 +224,10 @@ class CodeAgent:
                 _, warning = network_isolation()
                 if warning:
                     log.warning("agent-code: %s", warning)
-        if self.options.trust_script_metric:
+        if self.evaluation is not None:
+            log.info("agent-code: the metric is computed by the tuner outside the edited program (%s handed "
+                     "over to a separate model process)", FUNCTION)
+        elif self.options.trust_script_metric:
             log.warning("agent-code: the metric is what the edited program prints; it is protected only by the "
                         "sandbox and the AST checks (trust_script_metric=true)")
         self._prepare_data()
@@ -430,6 +443,14 @@ class CodeAgent:
         runner = task.config.runner
         timeout, grace = self.time_limit()
         read_only, data_env = self._data_paths()
+        hidden = self._hidden_paths()
+        if self.evaluation is not None and "CENTAUR_DATA_DIR" in data_env:
+            # The training run sees the training split and a placeholder for the validation split.
+            real = Path(data_env["CENTAUR_DATA_DIR"])
+            view = training_view(real, self._corpus(), self.run_dir / "data_view")
+            read_only = [p for p in read_only if p.resolve() != real.resolve()] + [view]
+            data_env = {**data_env, "CENTAUR_DATA_DIR": str(view.resolve())}
+            hidden.append(real)
         proc = run_isolated(
             work_copy,
             task_dir=task.script.parent,
@@ -444,9 +465,13 @@ class CodeAgent:
             modules=self.modules,
             sandbox=not self.options.unsafe,
             read_only=read_only,
-            hidden=self._hidden_paths(),
+            hidden=hidden,
             **({"max_processes": self.options.max_processes} if self.options.max_processes else {}),
+            handover=FUNCTION if self.evaluation is not None else None,
         )
+        if self.evaluation is not None:
+            return self._evaluate_handed_over(proc, work_copy, read_only, hidden, {**task.extra_env, **data_env},
+                                              timeout, grace)
         outcome = classify(proc.returncode, proc.output, task.metric, timed_out=proc.timed_out)
         tampering = [f"wrote {name}" for name in proc.tampered_files]
         if proc.limit:
@@ -478,6 +503,59 @@ class CodeAgent:
             tampering += check_output(proc.output, outcome.metrics, proc.wall_s, self.protection,
                                       min_training_s=self.protection.time_budget)
         return result, tampering
+
+    def _corpus(self) -> str:
+        return self.task.extra_env.get("CENTAUR_GPT_CORPUS") or os.environ.get("CENTAUR_GPT_CORPUS") or "stdlib"
+
+    def _evaluate_handed_over(self, proc: Any, work_copy: Path, read_only: list[Path], hidden: list[Path],
+                              env: dict[str, str], timeout: float | None, grace: float | None
+                              ) -> tuple[TrialResult, list[str]]:
+        """The declared evaluation, outside the edited program: the training run handed its model over
+        (or failed); the model process answers forward passes, the tuner computes the metric."""
+        assert self.evaluation is not None
+        task = self.task
+        metric = task.metric
+        tampering = [f"wrote {name}" for name in proc.tampered_files]
+        if proc.limit:
+            tampering.append(f"exceeded the sandbox's limits: {proc.limit}")
+        model = work_copy.parent / "out" / MODEL_FILE
+        extra = {"returncode": proc.returncode, "network_isolated": proc.network_isolated,
+                 "sandboxed": proc.sandboxed, "time_limit_s": timeout, "evaluation": "out-of-process"}
+        if proc.returncode != 0 or proc.timed_out or not model.is_file():
+            outcome = classify(proc.returncode, proc.output, metric, timed_out=proc.timed_out)
+            error = outcome.error
+            if proc.timed_out and grace is not None and timeout is not None:
+                error = (f"stopped by the runner at {timeout:.1f} s: TIME_BUDGET "
+                         f"{self.protection.time_budget:g} s + {grace:g} s grace")
+            status = outcome.status
+            if status is TrialStatus.OK or (proc.returncode == 0 and not proc.timed_out):
+                status, error = TrialStatus.INVALID, f"the run ended without handing a model to {FUNCTION}()"
+            return TrialResult(status, cost_s=proc.wall_s, wall_s=proc.wall_s, error=redact(error),
+                               log_path=str(proc.log_path), extra=extra), tampering
+        seq_len, eval_bytes = self.evaluation.settings({**os.environ, **env})
+        real = self._data_paths()[1].get("CENTAUR_DATA_DIR")
+        import numpy as np
+
+        val = np.fromfile(Path(str(real)) / self._corpus() / "val.bin", dtype=np.uint8)
+        windows = validation_windows(val, seq_len, eval_bytes)
+        command, penv = model_process(work_copy, model, task_dir=task.script.parent, extra_env=env,
+                                      sandbox=not self.options.unsafe, read_only=read_only, hidden=hidden)
+        runner = task.config.runner
+        scored = evaluate_out_of_process(
+            command, windows, env=penv, cwd=work_copy.parent, log_path=work_copy.parent / "evaluation.log",
+            timeout_s=float(task.trial_timeout_s or 600), preexec_fn=limits(runner.memory_cap_bytes),
+        )
+        cost = proc.wall_s + scored.seconds
+        extra.update({"evaluation_seconds": round(scored.seconds, 3), "scoring_seconds": round(scored.score_seconds, 3),
+                      "causal_max_diff": scored.max_causal_diff,
+                      "repeat_max_diff": scored.max_repeat_diff})
+        if scored.error or scored.value is None:
+            return TrialResult(TrialStatus.INVALID, cost_s=cost, wall_s=cost, error=redact(scored.error),
+                               log_path=str(proc.log_path), extra=extra), tampering
+        tampering += scored.tampering
+        metrics = {metric: scored.value, "training_seconds": proc.wall_s, "evaluation_seconds": scored.seconds}
+        return TrialResult(TrialStatus.OK, scored.value, cost_s=cost, wall_s=cost, metrics=metrics,
+                           log_path=str(proc.log_path), extra=extra), tampering
 
     def _decide(self, result: TrialResult, tampering: list[str], baseline: bool) -> str:
         if tampering:
@@ -553,7 +631,7 @@ def tune_agent_code(
             f"agent-code edits a training script; task {getattr(task, 'name', task)!r} is not a script task"
         )
     opts = AgentOptions.parse(dict(options or {}))
-    check_can_run(opts)
+    check_can_run(opts, task)
     ctx = MethodContext(space=task.space, seed=seed, run_dir=Path(run_dir), llm=llm)
     client = client_for(ctx)
     try:
@@ -570,10 +648,11 @@ def tune_agent_code(
 
 
 def declares_evaluation(task: Any) -> bool:
-    """Whether the task's metric can be computed outside the edited program (an evaluation the tuner
-    runs itself on a model the program hands over). Not implemented yet for any task: see
-    docs/agent-code.md, "What is left"."""
-    return False
+    """Whether the task's metric can be computed outside the edited program: its script has the bundled
+    task's protected `evaluate_bpb(model, ...)` and a prepare.py that serves the split from
+    $CENTAUR_DATA_DIR (evaluator.py); the tuner then scores the model the program hands over itself."""
+    script = getattr(task, "script", None)
+    return script is not None and declared_evaluation(Path(script)) is not None
 
 
 def check_can_run(options: AgentOptions, task: Any = None) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 import psutil
 
 from centaur.agentcode.bwrap import PACKAGE_ROOT, View, build_argv
+from centaur.agentcode.evaluator import MODEL_FILE
 from centaur.agentcode.harness import TAG
 from centaur.runner.process import ProcessResult, read_tail, scrubbed_environment, spawn_and_wait
 
@@ -205,6 +206,7 @@ def run_isolated(
     max_processes: int | None = MAX_PROCESSES,
     python: str = sys.executable,
     tail_bytes: int = 256 * 1024,
+    handover: str | None = None,
 ) -> SandboxResult:
     """Run `script` (a copy in its own trial directory) with `out_dir` (default: a folder `out` beside
     it) as its working directory and only writable place, the task directory importable read-only.
@@ -212,7 +214,9 @@ def run_isolated(
     With `metric_keys`, the script runs under the metric harness: the lines its original metric
     statements print are repeated with a one-time token and read from the whole stream
     (`SandboxResult.reported`), see harness.py. With `sandbox` False (the user's explicit choice) it
-    runs outside bubblewrap with the older, weaker protections."""
+    runs outside bubblewrap with the older, weaker protections. With `handover` (a function name), the
+    harness replaces that protected function by a stub that saves the model it gets to
+    `out_dir/evaluator.MODEL_FILE` and ends the run (the out-of-process evaluation, evaluator.py)."""
     out_dir = out_dir or script.parent / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     env = scrubbed_environment(os.environ)  # always scrubbed: the script's author is a model
@@ -227,7 +231,7 @@ def run_isolated(
     if metric_keys:
         env["CENTAUR_METRIC_KEYS"] = json.dumps(list(metric_keys))
     env["CENTAUR_TASK_MODULES"] = json.dumps(list(modules))
-    launcher = "centaur.agentcode.harness" if metric_keys else "centaur.runner.launch"
+    launcher = "centaur.agentcode.harness" if metric_keys or handover else "centaur.runner.launch"
     command = [python, "-m", launcher, str(script)]
     network_isolated = False
     if sandbox:
@@ -240,6 +244,8 @@ def run_isolated(
                     "MPLCONFIGDIR": "/tmp/.mpl"})
         env.pop("TMP", None)
         env.pop("TEMP", None)
+        if handover:
+            env["CENTAUR_HANDOVER"] = json.dumps({"function": handover, "path": f"{inner_out}/{MODEL_FILE}"})
         view = View(read_only=[task_dir, *read_only], hidden=list(hidden), chdir=inner_out,
                     mapped=[(script, inner_script, False), (out_dir, inner_out, True)])
         command = build_argv(command, view, env=env)
@@ -250,6 +256,8 @@ def run_isolated(
             log.warning(warning)
         command = [*prefix, *command]
         network_isolated = bool(prefix)
+    elif handover:
+        env["CENTAUR_HANDOVER"] = json.dumps({"function": handover, "path": str(out_dir.resolve() / MODEL_FILE)})
     before = snapshot(task_dir)
     scanner = _TagScanner(token) if token else None
     watchdog = _Watchdog(max_processes, memory_cap_bytes * 4 if memory_cap_bytes else None) if sandbox else None
@@ -285,6 +293,42 @@ def run_isolated(
         reported=reported,
         limit=watchdog.reason if watchdog else None,
     )
+
+
+def model_process(
+    script: Path,
+    model: Path,
+    *,
+    task_dir: Path,
+    extra_env: Mapping[str, str] | None = None,
+    sandbox: bool = True,
+    read_only: Sequence[Path] = (),
+    hidden: Sequence[Path] = (),
+    python: str = sys.executable,
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of the model process (evaluator.py) for the edited `script` and the
+    model it handed over: in its own sandbox, with the script and the model read-only and nothing
+    writable (it answers forward passes on a pipe; it never sees the validation data or the targets)."""
+    env = scrubbed_environment(os.environ)
+    env.update(dict(extra_env or {}))
+    env.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONSAFEPATH": "1",
+                "PYTHONPATH": os.pathsep.join([_PACKAGE_ROOT, str(task_dir)])})
+    if not sandbox:
+        return [python, "-m", "centaur.agentcode.evaluator", str(script), str(model)], env
+    inner_script, inner_model = f"{SANDBOX_DIR}/{script.name}", f"{SANDBOX_DIR}/{MODEL_FILE}"
+    env.update({"HOME": "/tmp", "TMPDIR": "/tmp", "XDG_CACHE_HOME": "/tmp/.cache", "MPLCONFIGDIR": "/tmp/.mpl",
+                "TORCHINDUCTOR_CACHE_DIR": "/tmp/.inductor", "TRITON_CACHE_DIR": "/tmp/.triton"})
+    for name in ("TMP", "TEMP"):
+        env.pop(name, None)
+    view = View(read_only=[task_dir, *read_only], hidden=list(hidden), chdir="/tmp",
+                mapped=[(script, inner_script, False), (model, inner_model, False)])
+    command = [python, "-m", "centaur.agentcode.evaluator", inner_script, inner_model]
+    return build_argv(command, view, env=env), env
+
+
+def limits(memory_cap_bytes: int | None, max_processes: int | None = MAX_PROCESSES):
+    """The rlimits of a sandboxed process, as a preexec function."""
+    return _limits(memory_cap_bytes, max_processes)
 
 
 def reported_lines(output: str, token: str) -> str:

@@ -79,7 +79,7 @@ def test_llm_proposal_predicted_to_run_out_of_memory_is_vetoed(tmp_path):
     with FakeLLMServer(responder=lambda body: {"content": json.dumps(oom)}) as server:
         result = centaur.tune(Bowl(), method="centaur", n_trials=60, budget=None, seed=2, run_dir=tmp_path,
                               storage=f"sqlite:///{tmp_path / 's.db'}", llm=client_for(server, tmp_path),
-                              method_options={"llm_ratio": 0.3, "duplicates": "allow"})
+                              method_options={"llm_ratio": 0.3, "duplicates": "allow", "trust": "fixed"})
     trials = result.study.get_trials()
     ran = [t for t in trials if t.user_attrs.get("proposal_source") == "llm"]
     vetoed = [t for t in trials if t.user_attrs.get("proposal_source") == "llm-fallback:predicted-oom"]
@@ -90,3 +90,35 @@ def test_llm_proposal_predicted_to_run_out_of_memory_is_vetoed(tmp_path):
         assert t.user_attrs["config"] == t.user_attrs["cma_proposal"]
         assert t.user_attrs["llm_detail"]["vetoed"]["DEPTH"] == 12 and t.user_attrs["llm_detail"]["p_oom"] >= 0.5
 
+
+
+def test_lean_fit_is_scikit_learns_model_and_trials_are_encoded_once():
+    """`Logit` makes scikit-learn's computations without its checks: the same coefficients, bit for bit
+    (a CMA-ES run then draws the same trials), and `fit_trials` decodes each trial once per study."""
+    from centaur.methods.cmaes.feasibility import Logit, sklearn_logistic
+
+    rng = np.random.default_rng(4)
+    for n, d in ((12, 3), (300, 20)):
+        x = rng.uniform(0, 1, (n, d))
+        y = (x[:, 0] + x[:, 1] + 0.3 * rng.uniform(0, 1, n) > 1.1).astype(int)
+        lean, ref = Logit(x, y), sklearn_logistic(x, y)
+        assert np.array_equal(lean.coef.ravel(), ref[-1].coef_.ravel())
+        assert np.array_equal(lean.intercept, ref[-1].intercept_)
+        q = rng.uniform(0, 1, (40, d))
+        np.testing.assert_allclose(lean.p_oom(q), ref.predict_proba(q)[:, 1], rtol=0, atol=1e-12)
+
+    decoded: list[dict[str, Any]] = []
+
+    def decode(params: dict[str, Any]) -> dict[str, Any]:
+        decoded.append(params)
+        return {**params, "N": 3}
+
+    params = [{"X": float(x), "Y": float(y)} for x, y in rng.uniform(0, 1, (60, 2))]
+    statuses = ["oom" if p["X"] + p["Y"] > 1.3 else "ok" for p in params]
+    model = FailureModel(CatCmaSampler(EDGE).features)
+    for n in (40, 50, 60):  # a study refits as its trials come in
+        model.fit_trials(params[:n], statuses[:n], decode)
+    assert len(decoded) == 60 and model.ready
+    same = FailureModel(CatCmaSampler(EDGE).features).fit([{**p, "N": 3} for p in params], statuses)
+    probe = [{"X": 0.9, "Y": 0.5, "N": 3}, {"X": 0.2, "Y": 0.4, "N": 3}]
+    assert np.array_equal(model.p_oom(probe), same.p_oom(probe))

@@ -304,3 +304,77 @@ def test_cli_fit_and_evaluate(tmp_path: Path) -> None:
     res = runner.invoke(app, ["evaluate", "-m", str(out), "-s", "DEPTH=24", "-s", "ASPECT_RATIO=128",
                               "-s", "DEVICE_BATCH_SIZE=256"])
     assert res.exit_code == 0 and "False" in res.output
+
+
+# -- leave-one-run-out and leave-one-seed-out, on a small synthetic study -------------------------
+
+TINY = FitOptions(n_models=1, n_estimators=30, learning_rate=0.2, min_data_in_leaf=3, clf_estimators=20,
+                  cost_estimators=10)
+
+
+def synthetic_trials(path: Path, n: int = 30) -> Path:
+    """Three methods and the code agent, two seeds each: val_bpb a smooth function of the learning rate
+    and depth, deep large-batch configs fail, and every run repeats the defaults (exact repeats: the
+    noise model needs them, and they are not novel in any fold)."""
+    rng = np.random.default_rng(0)
+    data: dict[str, dict[str, list[dict]]] = {}
+    for m, method in enumerate(("A", "B", "C", CODE_METHOD)):
+        for seed in (0, 1):
+            runs = data.setdefault(method, {}).setdefault(str(seed), [])
+            for tid in range(n):
+                c = dict(DEFAULT_CONFIG)
+                if tid % 6:
+                    c.update(DEPTH=int(rng.choice([4, 6, 8, 10, 12])), DEVICE_BATCH_SIZE=int(rng.choice([32, 64, 128])),
+                             MATRIX_LR=float(0.04 * np.exp(rng.normal(0.3 * m, 0.5))),
+                             WARMDOWN_RATIO=float(rng.uniform(0.2, 0.8)))
+                ok = not (c["DEPTH"] >= 12 and c["DEVICE_BATCH_SIZE"] == 128)
+                val = (0.975 + 0.02 * np.log(c["MATRIX_LR"] / 0.03) ** 2 + 0.002 * abs(c["DEPTH"] - 8)
+                       + 0.01 * abs(c["WARMDOWN_RATIO"] - 0.5) + rng.normal(0, 3e-4))
+                runs.append({"tid": tid, **c, "val_bpb": float(val) if ok else 100.0, "success": ok,
+                             "wt": 300.0 if ok else 30.0})
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_leave_one_run_out_and_seed_out_score_novel_configurations(tmp_path: Path) -> None:
+    from centaur.surrogate.validate import _key, validate_surrogate
+
+    data = synthetic_trials(tmp_path / "trials.json")
+    report = validate_surrogate(data, options=TINY, methods=False, holdout=("run", "seed"))
+    run, seed = report["holdout"]["run"], report["holdout"]["seed"]
+    assert [f["name"] for f in run["folds"]] == [f"{m} s{s}" for m in "ABC" for s in (0, 1)]  # code: train only
+    assert [f["name"] for f in seed["folds"]] == ["seed 0", "seed 1"]
+    assert run["fits"] == 6 and seed["fits"] == 0  # leave-one-seed-out trains on the cross-seed sets
+    df = load_trials(data)
+    df = df[df["method"] != CODE_METHOD]
+    for fold in run["folds"]:
+        m, s = fold["name"][0], int(fold["name"][-1])
+        held = (df["method"] == m) & (df["seed"] == s)
+        novel = ~_key(df[held]).isin(set(_key(df[~held])))
+        assert fold["n_test"] == int(novel.sum()) < fold["n_held"] == int(held.sum())  # the defaults are not novel
+        assert fold["n"] + fold["n_failed"] == fold["n_test"]
+    pooled = run["pooled"]
+    assert pooled["n_test"] == sum(f["n_test"] for f in run["folds"]) and pooled["comp_n"] > 10
+    for res in (run, seed):
+        p = res["pooled"]
+        assert 0.3 < p["spearman"] <= 1.0 and 0 < p["rmse"] < 0.05 and 0.8 < p["feas_acc"] <= 1.0
+        assert not math.isnan(p["comp_spearman"]) and p["comp_rmse"] > 0
+        assert set(res["mean"]) >= {"spearman", "comp_spearman", "rmse", "feas_acc"}
+
+
+def test_cli_validate_prints_holdout_splits_in_80_columns(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from centaur.surrogate import cli
+
+    data = synthetic_trials(tmp_path / "trials.json", n=24)
+    runner = CliRunner()
+    res = runner.invoke(cli.app, ["validate", "--trials", str(data), "--split", "run,seed", "--n-models", "1",
+                                  "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert "leave-one-run-out: novel configurations" in res.output and "leave-one-seed-out" in res.output
+    assert "val_bpb < 0.99" in res.output and "pooled" in res.output and "Traceback" not in res.output
+    assert max(len(line) for line in res.output.splitlines()) <= 80
+    assert set(json.loads((tmp_path / "r.json").read_text())["holdout"]) == {"run", "seed"}
+    bad = runner.invoke(cli.app, ["validate", "--trials", str(data), "--split", "runs"])
+    assert bad.exit_code == 2 and "--split" in bad.output

@@ -1,16 +1,26 @@
-"""Fidelity of the surrogate on held-out real trials: cross-seed and leave-one-method-out.
+"""Fidelity of the surrogate on held-out real trials: cross-seed and leave-one-method-out, and the held-out
+runs the bench resembles, leave-one-run-out and leave-one-seed-out (`holdout_validation`).
 
 Metrics on the successful test trials: Spearman, Kendall, RMSE overall and within the competitive
 region (true val_bpb < 0.99); on all test trials: feasibility accuracy and balanced accuracy.
 "novel" repeats the objective metrics on test configs that do not occur exactly in the training set:
 LLAMBO-Paper runs the same fallback configs in both seeds and Random replays its sequence after a
 resume (reference-study 8.1), so the plain cross-seed numbers are partly memorisation.
+
+Leave-one-run-out holds out one (method, seed) run and trains on every other run (the code agent's runs
+train only, as everywhere here); leave-one-seed-out holds out one seed and trains on the others (with
+the reference study's two seeds: the cross-seed training sets). A method in a bench walks its own
+trajectory into regions other runs may not have visited, which is what a held-out run measures. They
+are scored on novel configurations only (test trials whose configuration does not occur in training),
+overall and in the competitive region, pooled over the folds (every fold's predictions together) and
+as the mean of the folds.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -86,28 +96,31 @@ def validate_surrogate(
     options: FitOptions | None = None,
     include_code: bool = False,
     methods: bool = True,
+    cross_seed: bool = True,
+    holdout: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Cross-seed (0 -> 1, 1 -> 0) and leave-one-method-out fidelity of the surrogate on the data."""
+    """Cross-seed (0 -> 1, 1 -> 0) and leave-one-method-out fidelity of the surrogate on the data, and
+    with `holdout` ("run", "seed") leave-one-run-out and leave-one-seed-out (`holdout_validation`)."""
     opts = replace(options or FitOptions(), include_code=include_code)
     say = progress or (lambda _m: None)
     raw = load_trials(path)
-    df = prepare_training_frame(raw, include_code)
-    df = df[df["TOTAL_BATCH_SIZE"].notna()].reset_index(drop=True)
+    df = _frame(raw, include_code)
     # Test sets never hold the code agent's trials: their HPs do not describe what ran.
     evaluable = df[df["method"] != CODE_METHOD]
+    fits = _Fits(df, opts)
     splits: list[dict[str, Any]] = []
-    for tr_seed, te_seed in ((0, 1), (1, 0)):
+    for tr_seed, te_seed in ((0, 1), (1, 0)) if cross_seed else ():
         say(f"seed {tr_seed} -> seed {te_seed}")
         train = df[df["seed"] == tr_seed]
-        model = _fit(train, opts)
+        model = fits.model(df["seed"] == tr_seed)
         splits.append({"kind": "seed", "name": f"seed {tr_seed} -> {te_seed}", "n_train": int(len(train)),
                        **split_metrics(model, evaluable[evaluable["seed"] == te_seed], train)})
     if methods:
         for m in sorted(evaluable["method"].unique()):
             say(f"leave out {m}")
             train = df[df["method"] != m]
-            model = _fit(train, opts)
+            model = fits.model(df["method"] != m)
             splits.append({"kind": "method", "name": f"without {m}", "n_train": int(len(train)),
                            **split_metrics(model, evaluable[evaluable["method"] == m], train)})
     summary = {}
@@ -117,15 +130,100 @@ def validate_surrogate(
             summary[kind] = {k: float(np.nanmean([r.get(k, math.nan) for r in rows]))
                              for k in _METRIC_KEYS}
     noise = fit_noise(df)
+    held = {kind: _holdout(fits, kind, say) for kind in holdout}
     return {
         "data": {"path": str(path), "sha256": raw.attrs.get("sha256"), "n_trials": int(len(raw)),
                  "n_used": int(len(df)), "include_code": include_code},
         "options": asdict(opts),
         "splits": splits,
         "summary": summary,
+        "holdout": held,
         "noise": {"groups": noise.n_groups, "trials": noise.n_trials, "median_sd": noise.median_sd,
                   "mean_sd": noise.mean_sd, "pooled_sd": noise.pooled_sd, "per_bin": noise.per_bin},
     }
+
+
+HOLDOUTS = ("run", "seed")
+HOLDOUT_TITLES = {"run": "leave-one-run-out", "seed": "leave-one-seed-out"}
+_HOLDOUT_KEYS = ("n", "spearman", "rmse", "feas_acc", "comp_n", "comp_spearman", "comp_rmse")
+
+
+def _frame(raw: pd.DataFrame, include_code: bool) -> pd.DataFrame:
+    df = prepare_training_frame(raw, include_code)
+    return df[df["TOTAL_BATCH_SIZE"].notna()].reset_index(drop=True)
+
+
+class _Fits:
+    """One fit per distinct training set (with two seeds, leave-one-seed-out trains on the cross-seed
+    training sets: they are fitted once)."""
+
+    def __init__(self, df: pd.DataFrame, opts: FitOptions) -> None:
+        self.df, self.opts = df, opts
+        self._models: dict[bytes, SurrogateModel] = {}
+        self.n_fits, self.fit_seconds = 0, 0.0
+
+    def model(self, mask: pd.Series) -> SurrogateModel:
+        key = np.packbits(mask.to_numpy(dtype=bool)).tobytes()
+        if key not in self._models:
+            t0 = time.perf_counter()
+            self._models[key] = _fit(self.df[mask], self.opts)
+            self.n_fits += 1
+            self.fit_seconds += time.perf_counter() - t0
+        return self._models[key]
+
+
+def novel_metrics(y: np.ndarray, p: np.ndarray, ok: np.ndarray, pred_ok: np.ndarray) -> dict[str, Any]:
+    """Spearman and RMSE of the predictions `p` of the successful trials' true values `y` (`ok` marks
+    them among all test trials), overall and where y < COMPETITIVE, and the feasibility accuracy
+    (`pred_ok`: predicted to succeed) over all test trials."""
+    yo, po = y[ok], p[ok]
+    comp = yo < COMPETITIVE
+    return {"n_test": int(len(ok)), "n": int(ok.sum()), "spearman": _corr(po, yo)[0], "rmse": _rmse(po, yo),
+            "feas_acc": float(np.mean(pred_ok == ok)) if len(ok) else math.nan, "n_failed": int((~ok).sum()),
+            "comp_n": int(comp.sum()), "comp_spearman": _corr(po[comp], yo[comp])[0],
+            "comp_rmse": _rmse(po[comp], yo[comp])}
+
+
+def _holdout(fits: _Fits, kind: str, say: Progress) -> dict[str, Any]:
+    """Every fold of one hold-out kind ("run": one method-seed run, "seed": one seed), scored on the
+    test trials whose configuration does not occur in the fold's training set."""
+    if kind not in HOLDOUTS:
+        raise ValueError(f"unknown hold-out {kind!r}; choose from {', '.join(HOLDOUTS)}")
+    df = fits.df
+    evaluable = df[df["method"] != CODE_METHOD]
+    if kind == "run":
+        groups = sorted(evaluable.groupby(["method", "seed"]).groups)
+        folds = [(f"{m} s{s}", (df["method"] == m) & (df["seed"] == s)) for m, s in groups]
+    else:
+        folds = [(f"seed {s}", df["seed"] == s) for s in sorted(evaluable["seed"].unique())]
+    t0, fits0, fit_s0 = time.perf_counter(), fits.n_fits, fits.fit_seconds
+    rows, pooled = [], []
+    for i, (name, held) in enumerate(folds):
+        say(f"{HOLDOUT_TITLES[kind]} {i + 1}/{len(folds)}: {name}")
+        train, test = df[~held], df[held & (df["method"] != CODE_METHOD)]
+        test = test[~_key(test).isin(set(_key(train))).to_numpy()]
+        arrays = (test["val_bpb"].to_numpy(), np.full(len(test), math.nan), test["success"].to_numpy(),
+                  np.zeros(len(test), dtype=bool))
+        if len(test):
+            pred = fits.model(~held).predict_frame(test)
+            arrays = (arrays[0], pred["raw"], arrays[2], pred["p_fail"] < 0.5)
+        pooled.append(arrays)
+        rows.append({"name": name, "n_train": int((~held).sum()), "n_held": int((held & (df["method"]
+                     != CODE_METHOD)).sum()), **novel_metrics(*arrays)})
+    cat = [np.concatenate(a) for a in zip(*pooled, strict=True)]
+    mean = {k: float(np.nanmean([r[k] for r in rows])) if any(not math.isnan(r[k]) for r in rows) else math.nan
+            for k in _HOLDOUT_KEYS}
+    return {"folds": rows, "pooled": novel_metrics(*cat), "mean": mean,
+            "n_defined": {k: int(sum(not math.isnan(r[k]) for r in rows)) for k in ("spearman", "comp_spearman")},
+            "fits": fits.n_fits - fits0, "fit_seconds": fits.fit_seconds - fit_s0,
+            "seconds": time.perf_counter() - t0}
+
+
+def holdout_validation(path: str | Path, kinds: Sequence[str] = HOLDOUTS, *, options: FitOptions | None = None,
+                       include_code: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Leave-one-run-out and/or leave-one-seed-out fidelity alone (`validate_surrogate` with only them)."""
+    return validate_surrogate(path, options=options, include_code=include_code, methods=False, cross_seed=False,
+                              holdout=kinds, progress=progress)
 
 
 _METRIC_KEYS = ("spearman", "kendall", "rmse", "comp_spearman", "comp_kendall", "comp_rmse", "novel_spearman",
@@ -226,17 +324,55 @@ def report_table(report: dict[str, Any], columns: list[str] | None = None, title
 
 
 def report_tables(report: dict[str, Any], width: int) -> list[Table]:
-    """One wide table, or on a terminal narrower than it needs, three narrow ones."""
-    if width >= 170:
-        return [report_table(report)]
+    """One wide table, or on a terminal narrower than it needs, three narrow ones; then the hold-out
+    tables (`holdout_tables`), if the report has any."""
     kind = "with" if report["data"]["include_code"] else "without"
-    return [report_table(report, cols, f"Surrogate fidelity ({kind} code trials): {name}") for name, cols in _GROUPS]
+    if not report["splits"]:
+        tables = []
+    elif width >= 170:
+        tables = [report_table(report)]
+    else:
+        tables = [report_table(report, cols, f"Surrogate fidelity ({kind} code trials): {name}")
+                  for name, cols in _GROUPS]
+    return tables + holdout_tables(report)
+
+
+_HOLDOUT_GROUPS = [
+    ("novel configurations", [("n ok", "n"), ("Spearman", "spearman"), ("RMSE", "rmse"), ("n failed", "n_failed"),
+                              ("feas acc", "feas_acc")]),
+    (f"novel, val_bpb < {COMPETITIVE}", [("n", "comp_n"), ("Spearman", "comp_spearman"),
+                                                        ("RMSE", "comp_rmse")]),
+]
+
+
+_COUNTS = ("n", "comp_n", "n_failed")
+
+
+def holdout_tables(report: dict[str, Any]) -> list[Table]:
+    """Per hold-out kind, two narrow tables (under 80 columns): every fold, the pooled folds and their
+    mean, on novel configurations, overall and in the competitive region."""
+    tables = []
+    for kind, res in report.get("holdout", {}).items():
+        for group, cols in _HOLDOUT_GROUPS:
+            title = f"{HOLDOUT_TITLES.get(kind, kind)}: {group}"
+            t = Table(title=title, min_width=len(title) + 2)
+            t.add_column("held out", overflow="fold")
+            for head, _ in cols:
+                t.add_column(head, justify="right")
+            for r in res["folds"]:
+                t.add_row(r["name"], *[_f(r.get(k)) for _, k in cols])
+            t.add_row("pooled", *[_f(res["pooled"].get(k)) for _, k in cols], style="bold")
+            means = ["" if k in _COUNTS else _f(res["mean"].get(k)) for _, k in cols]
+            t.add_row(f"mean of {len(res['folds'])}", *means)
+            tables.append(t)
+    return tables
 
 
 def format_report(report: dict[str, Any], width: int = 200) -> str:
     """The validation table plus the noise estimate as plain text."""
     console = Console(width=width, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
-    console.print(report_table(report))
+    for table in report_tables(report, width):
+        console.print(table)
     n = report["noise"]
     console.print(f"noise: {n['groups']} repeat groups ({n['trials']} trials); sd median {n['median_sd']:.2e}, "
                   f"mean {n['mean_sd']:.2e}, pooled {n['pooled_sd']:.2e}")

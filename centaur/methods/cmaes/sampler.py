@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import threading
 from typing import Any
 
 import numpy as np
@@ -32,8 +33,10 @@ from centaur.methods.base import (
     STATUS_ATTR,
     MethodContext,
     MethodError,
+    minimising_sign,
     option_flag,
     register,
+    require_single_objective,
     seeded_random_value,
     trial_seed,
     typed_option,
@@ -48,6 +51,7 @@ STATE_ATTR = "catcma:state"
 GEN_ATTR = "catcma:generation"
 V_ATTR = "catcma:v"  # CMA-ES's raw (unrepaired) sample for its own points
 EXTERNAL_ATTR = "catcma:external"  # set on points proposed by someone else (Centaur's LLM turns)
+SPACE_ATTR = "catcma:space"  # the space tag of the optimizer that tagged the trial (tagged samplers only)
 DEFAULT_SIGMA0 = 1 / 6
 FAILURE_POLICIES = ("worst", "skip", "penalty")
 RESAMPLES = 20  # draws per trial at most when avoiding predicted out-of-memory points
@@ -58,7 +62,13 @@ class CatCmaSampler(BaseSampler):
     `external_failures` says how a failed external point (an LLM's) is told: "worst" like CMA-ES's own
     failures (behind the worst success: it cannot pull the mean), "skip" not at all, "penalty" with the
     study's penalty value (as the reference did). With `avoid_oom`, a draw that a classifier fitted on
-    the study's trials predicts to run out of memory is drawn again (feasibility.py)."""
+    the study's trials predicts to run out of memory is drawn again (feasibility.py).
+
+    The study's direction is read: a maximised study's values are negated before CMA-ES ranks them.
+    Trials without every parameter of the space (conditional ones) are not told. With a `space_tag`
+    (centaur.samplers, one optimizer per inferred space in one study), the state is stored under a key
+    of its own, a trial tagged by another space's optimizer, or by none, joins the current generation as
+    an external point, and a trial whose values lie outside this space is not told."""
 
     def __init__(
         self,
@@ -69,6 +79,7 @@ class CatCmaSampler(BaseSampler):
         start: str = "centre",
         external_failures: str = "worst",
         avoid_oom: bool = True,
+        space_tag: str = "",
     ) -> None:
         if start not in ("centre", "defaults"):
             raise MethodError(f"cmaes: start must be 'centre' or 'defaults', not {start!r}")
@@ -81,12 +92,24 @@ class CatCmaSampler(BaseSampler):
         self.start, self.external_failures = start, external_failures
         self.failure_model = FailureModel(self.features) if avoid_oom else None
         self.name = "cmaes"
+        self.space_tag = space_tag
+        self.state_attr = f"{STATE_ATTR}:{space_tag}" if space_tag else STATE_ATTR
+        self._lock = threading.RLock()
         self.floats = [p for p in space if p.kind == "float"]
         self.ints = [p for p in space if p.kind in ("int", "pow2")]
         self.cats = [p for p in space if p.kind == "categorical" and len(p.choices) > 1]
         self.singles = [p for p in space if p.kind == "categorical" and len(p.choices) == 1]
         if not (self.floats or self.ints):
             raise MethodError("cmaes needs at least one numeric parameter")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_lock", None)  # the state that matters lives in the study
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # -- encoding --------------------------------------------------------------------------------
     @staticmethod
@@ -170,13 +193,13 @@ class CatCmaSampler(BaseSampler):
 
     # -- state in the study ----------------------------------------------------------------------
     def _load(self, study: optuna.Study) -> CatCMAwM:
-        blob = op.study_system_attrs(study).get(STATE_ATTR)
+        blob = op.study_system_attrs(study).get(self.state_attr)
         opt = pickle.loads(bytes.fromhex(blob)) if blob else self.new_optimizer()
         library.set_told(opt, library.told(opt))  # the trial numbers told travel with the pickled optimizer
         return opt
 
     def _save(self, study: optuna.Study, opt: CatCMAwM) -> None:
-        op.set_study_system_attr(study, STATE_ATTR, pickle.dumps(opt).hex())
+        op.set_study_system_attr(study, self.state_attr, pickle.dumps(opt).hex())
 
     def state(self, study: optuna.Study, completed: list[FrozenTrial] | None = None) -> CatCMAwM:
         """The optimizer, updated with every complete generation of finished trials (`completed`: the
@@ -197,15 +220,35 @@ class CatCmaSampler(BaseSampler):
         members = [
             t
             for t in (completed if completed is not None else self._completed(study))
-            if t.system_attrs.get(GEN_ATTR, opt.generation + 1) <= opt.generation
+            if self._generation_of(t, opt) <= opt.generation
             and t.number not in told
             and (t.value is not None or t.state == TrialState.PRUNED)
+            and self.ran_in_space(t)
         ]
         if self.external_failures == "skip":
             members = [t for t in members if not (t.system_attrs.get(EXTERNAL_ATTR) and _failed(t))]
         return sorted(members, key=lambda t: t.number)
 
-    def _values(self, members: list[FrozenTrial], feasible: list[np.ndarray] | None = None) -> list[float]:
+    def _generation_of(self, t: FrozenTrial, opt: CatCMAwM) -> int:
+        """The generation a finished trial belongs to. Untagged trials wait (`centaur tune` tags every
+        trial); a tagged sampler takes untagged trials and other spaces' trials into its current one."""
+        if not self.space_tag:
+            return int(t.system_attrs.get(GEN_ATTR, opt.generation + 1))
+        if t.system_attrs.get(SPACE_ATTR) != self.space_tag or GEN_ATTR not in t.system_attrs:
+            return opt.generation
+        return int(t.system_attrs[GEN_ATTR])
+
+    def _own_tag(self, t: FrozenTrial) -> bool:
+        return not self.space_tag or t.system_attrs.get(SPACE_ATTR) == self.space_tag
+
+    def ran_in_space(self, t: FrozenTrial) -> bool:
+        """Whether the trial has every parameter of the space (with a space tag: every value inside it)."""
+        if not all(p.key in t.params for p in self.space):
+            return False
+        return not self.space_tag or all(p.contains(p.decode(t.params[p.key])) for p in self.space)
+
+    def _values(self, members: list[FrozenTrial], feasible: list[np.ndarray] | None = None,
+                sign: float = 1.0) -> list[float]:
         """The values CMA-ES ranks. A failure is placed just behind the generation's worst success
         instead of at the penalty: ranks are the same, but a penalty of 100 would blow up the
         interquartile range CatCMAwM scales its boundary penalties with, and then every clipped sample
@@ -216,18 +259,20 @@ class CatCmaSampler(BaseSampler):
         in an out-of-memory region) still moves the search towards where trials succeed.
 
         Pruned trials rank just behind the worst success and ahead of every failure: the later a trial
-        was pruned the better, then the lower its last reported value."""
-        ok = [float(t.value) for t in members if not _failed(t)]  # type: ignore[arg-type]
-        failures = [float(t.value) for t in members if _failed(t) and not _pruned(t) and t.value is not None]
+        was pruned the better, then the lower its last reported value.
+
+        `sign` is -1 for a maximised study: every value is negated, so CMA-ES always minimises."""
+        ok = [sign * float(t.value) for t in members if not _failed(t)]  # type: ignore[arg-type]
+        failures = [sign * float(t.value) for t in members if _failed(t) and not _pruned(t) and t.value is not None]
         worst = max(ok) if ok else max(failures, default=0.0)
-        by_progress = sorted((t for t in members if _pruned(t)), key=_pruned_rank)
+        by_progress = sorted((t for t in members if _pruned(t)), key=lambda t: _pruned_rank(t, sign))
         pruned_rank = {t.number: r for r, t in enumerate(by_progress)}
         values = []
         for i, t in enumerate(members):
             if _pruned(t):
                 values.append(worst + 1e-9 * (pruned_rank[t.number] + 1))
             elif not _failed(t) or (self.external_failures == "penalty" and t.system_attrs.get(EXTERNAL_ATTR)):
-                values.append(float(t.value))  # type: ignore[arg-type]
+                values.append(sign * float(t.value))  # type: ignore[arg-type]
             else:
                 d = self._distance(t, feasible) if feasible else 0.0
                 behind = 1e-6 if by_progress else 0.0  # behind the pruned ones (unchanged without any)
@@ -266,10 +311,12 @@ class CatCmaSampler(BaseSampler):
             told = library.told(opt) | {t.number for t in members}
             solutions = []
             feasible = self._feasible(completed) if any(_failed(t) for t in members) else None
-            for t, value in zip(members, self._values(members, feasible), strict=True):
+            values = self._values(members, feasible, minimising_sign(study))
+            for t, value in zip(members, values, strict=True):
                 sol = self.solution_of(self.space.decode(t.params))
                 raw = t.system_attrs.get(V_ATTR)
-                own_current = not t.system_attrs.get(EXTERNAL_ATTR) and t.system_attrs.get(GEN_ATTR) == opt.generation
+                own_current = (not t.system_attrs.get(EXTERNAL_ATTR) and t.system_attrs.get(GEN_ATTR) == opt.generation
+                               and self._own_tag(t))
                 if raw is not None and own_current:
                     sol = CatCMAwM.Solution(sol.x, sol.z, sol.c, np.array(raw))  # CMA's own, unrepaired sample
                 solutions.append((sol, value))
@@ -304,52 +351,66 @@ class CatCmaSampler(BaseSampler):
 
     def fit_failure_model(self, completed: list[FrozenTrial]) -> FailureModel:
         assert self.failure_model is not None
-        trials = [t for t in completed if all(p.key in t.params for p in self.space)]
+        keys = {p.key for p in self.space}
+        trials = [t for t in completed if keys <= t.params.keys()]
         statuses = ["ok" if _pruned(t) else t.user_attrs.get(STATUS_ATTR, "ok") for t in trials]  # pruned: it ran
-        return self.failure_model.fit([self.space.decode(t.params) for t in trials], statuses)
+        return self.failure_model.fit_trials([t.params for t in trials], statuses, self.space.decode)
 
     def _feasible_draw(self, opt: CatCMAwM, first: CatCMAwM.Solution, model: FailureModel) -> CatCMAwM.Solution:
         """The first of up to RESAMPLES draws that is not predicted to run out of memory (rejection
-        sampling from CMA-ES's own distribution), or the least likely to fail if none is."""
+        sampling from CMA-ES's own distribution), or the least likely to fail if none is. The others are
+        drawn only when the first is rejected: the usual case costs one prediction, not RESAMPLES."""
+        p_first = model.p_oom([self.decode(first)])
+        if p_first[0] < THRESHOLD:
+            return first
         draws = [first] + [opt.ask() for _ in range(RESAMPLES - 1)]
-        p = model.p_oom([self.decode(d) for d in draws])
+        p = np.concatenate([p_first, model.p_oom([self.decode(d) for d in draws[1:]])])
         ok = np.flatnonzero(p < THRESHOLD)
         return draws[int(ok[0]) if ok.size else int(np.argmin(p))]
 
     # The generation tag and what was run, in one write (one transaction on an RDB storage).
-    @staticmethod
-    def mark_own(study: optuna.Study, trial: FrozenTrial, sol: CatCMAwM.Solution, generation: int) -> None:
-        raw = [float(v) for v in library.raw_sample(sol)]
-        set_trial_attrs(op.storage_of(study), op.trial_id(trial), system_attrs={GEN_ATTR: generation, V_ATTR: raw})
+    def _tags(self, generation: int) -> dict[str, Any]:
+        return {GEN_ATTR: generation, **({SPACE_ATTR: self.space_tag} if self.space_tag else {})}
 
-    @staticmethod
-    def mark_external(study: optuna.Study, trial: FrozenTrial, generation: int) -> None:
-        attrs = {GEN_ATTR: generation, EXTERNAL_ATTR: True}
+    def mark_own(self, study: optuna.Study, trial: FrozenTrial, sol: CatCMAwM.Solution, generation: int) -> None:
+        raw = [float(v) for v in library.raw_sample(sol)]
+        set_trial_attrs(op.storage_of(study), op.trial_id(trial), system_attrs={**self._tags(generation), V_ATTR: raw})
+
+    def mark_external(self, study: optuna.Study, trial: FrozenTrial, generation: int) -> None:
+        attrs = {**self._tags(generation), EXTERNAL_ATTR: True}
         set_trial_attrs(op.storage_of(study), op.trial_id(trial), system_attrs=attrs)
 
     # -- Optuna sampler interface ----------------------------------------------------------------
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        require_single_objective(study, self.name)
         return self.space.distributions()
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        if trial.system_attrs.get("fixed_params"):
-            opt = self.state(study)  # an enqueued point: it runs as given and is told to CMA-ES as such
-            op.set_trial_system_attr(study, trial, GEN_ATTR, opt.generation)
+        require_single_objective(study, self.name)
+        if not search_space:
             return {}
-        config, sol, opt = self.propose(study, trial)
-        self.mark_own(study, trial, sol, opt.generation)
-        return self.space.encode(config)
+        with self._lock:  # the state is read, updated and written back: one trial at a time per process
+            if trial.system_attrs.get("fixed_params"):
+                opt = self.state(study)  # an enqueued point: it runs as given and is told to CMA-ES as such
+                set_trial_attrs(op.storage_of(study), op.trial_id(trial), system_attrs=self._tags(opt.generation))
+                return {}
+            config, sol, opt = self.propose(study, trial)
+            self.mark_own(study, trial, sol, opt.generation)
+        return {k: v for k, v in self.space.encode(config).items() if k in search_space}
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
         # Points that bypassed sample_relative join the current generation (the trial is still writable here).
         if GEN_ATTR not in trial.system_attrs and state in (TrialState.COMPLETE, TrialState.PRUNED):
-            op.set_trial_system_attr(study, trial, GEN_ATTR, self._load(study).generation)
+            with self._lock:
+                tags = self._tags(self._load(study).generation)
+            set_trial_attrs(op.storage_of(study), op.trial_id(trial), system_attrs=tags)
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
+        require_single_objective(study, self.name)
         return seeded_random_value(study, trial, self.seed, param_name, param_distribution)
 
 
@@ -361,10 +422,10 @@ def _pruned(t: FrozenTrial) -> bool:
     return t.state == TrialState.PRUNED or t.user_attrs.get(STATUS_ATTR) == "pruned"
 
 
-def _pruned_rank(t: FrozenTrial) -> tuple[float, float, int]:
-    """Later-pruned first, then lower last value (a pruned trial's value is its last reported one)."""
+def _pruned_rank(t: FrozenTrial, sign: float = 1.0) -> tuple[float, float, int]:
+    """Later-pruned first, then better last value (a pruned trial's value is its last reported one)."""
     step = t.last_step if t.last_step is not None else t.user_attrs.get("pruned_step", -1)
-    value = t.value if t.value is not None and math.isfinite(t.value) else math.inf
+    value = sign * t.value if t.value is not None and math.isfinite(t.value) else math.inf
     return (-float(step), float(value), t.number)
 
 
@@ -380,6 +441,7 @@ def catcma_from_options(ctx: MethodContext, options: dict[str, Any], external_fa
         start=str(options.get("start", "centre")),
         external_failures=external_failures,
         avoid_oom=option_flag(options.get("avoid_oom", True)),
+        space_tag=ctx.space_tag,
     )
 
 

@@ -26,6 +26,15 @@ What differs from the reference study's use of SMAC (reference-study.md ยง2.3, ย
 - pow2 parameters are modelled as their integer exponent (the Optuna parameter `log2(NAME)`), so
   what SMAC models is exactly what ran.
 
+Direction: the study's direction is read; a maximised study's values are negated into SMAC's cost
+(`centaur tune` always minimises, negating a maximised metric itself). A trial is told with the values
+it ran with: when they differ from SMAC's proposal (an enqueued point, a value Optuna sampled
+independently because it lay outside the distribution the program asked for), SMAC is told the
+configuration that ran, never the one it proposed. A trial without every parameter of the space
+(a conditional parameter it did not suggest) is not told. One lock per sampler serialises ask and tell,
+so `study.optimize(n_jobs=k)` threads share one SMAC safely. SMAC's files go to `output_dir`, or to a
+temporary folder that is removed by `close()` or when the sampler is garbage-collected.
+
 Parallel workers: each worker's SMAC asks for new configurations; a configuration that another
 trial of the study is running, waiting to run, or has finished is skipped (asked again), so no
 configuration is proposed twice. A skipped configuration is left to the trial that runs it.
@@ -39,6 +48,8 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +58,15 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from centaur.methods.base import STATUS_ATTR, MethodContext, MethodError, register, seeded_random_value
+from centaur.methods.base import (
+    STATUS_ATTR,
+    MethodContext,
+    MethodError,
+    minimising_sign,
+    register,
+    require_single_objective,
+    seeded_random_value,
+)
 from centaur.space import Param, SearchSpace
 from centaur.study import optuna_private as op
 
@@ -179,6 +198,8 @@ class SmacSampler(BaseSampler):
         self.name = "smac"
         self._output_root = output_dir
         self._tmp_root: str | None = None
+        self._cleanup: weakref.finalize | None = None
+        self._lock = threading.RLock()  # SMAC's ask is a generator: one caller at a time
         self._study_key: tuple[str, int] | None = None
         self._smac: Any = None
         self._cs: ConfigurationSpace | None = None
@@ -188,6 +209,17 @@ class SmacSampler(BaseSampler):
 
     def __repr__(self) -> str:
         return f"smac(seed={self.seed})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without SMAC's instance, lock and temporary folder: a copy rebuilds SMAC from the study."""
+        state = self.__dict__.copy()
+        state.update(_lock=None, _smac=None, _study_key=None, _tmp_root=None, _cleanup=None)
+        state.update(_told=set(), _asked={}, _seed_key=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # -- SMAC instance -----------------------------------------------------------------------------
     def _facade(self, study: optuna.Study) -> Any:
@@ -238,15 +270,19 @@ class SmacSampler(BaseSampler):
             return Path(self._output_root)
         if self._tmp_root is None:
             self._tmp_root = tempfile.mkdtemp(prefix="centaur-smac-")
+            # Removed when the sampler is collected or the interpreter exits, if close() was not called.
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self._tmp_root, ignore_errors=True)
         return Path(self._tmp_root)
 
     def close(self) -> None:
         """Remove SMAC's output when it went to a temporary directory."""
-        if self._tmp_root is not None:
-            shutil.rmtree(self._tmp_root, ignore_errors=True)
+        with self._lock:
+            if self._cleanup is not None:
+                self._cleanup()
+                self._cleanup = None
             self._tmp_root = None
-        self._smac = None
-        self._study_key = None
+            self._smac = None
+            self._study_key = None
 
     # -- study -> SMAC -----------------------------------------------------------------------------
     def _config(self, params: dict[str, Any]) -> Configuration | None:
@@ -258,12 +294,15 @@ class SmacSampler(BaseSampler):
         from smac.runhistory import TrialInfo, TrialValue
 
         smac = self._smac
+        sign = minimising_sign(study)
         told_any = False
         for t in sorted(study.get_trials(deepcopy=False, states=_TOLD), key=lambda t: t.number):
             if t.number in self._told or t.number == current:
                 continue  # running or waiting trials are told when finished; lost ones (FAIL) never ran
             self._told.add(t.number)
             info = self._asked.pop(t.number, None)
+            if info is not None and any(_python(info.config[p.key]) != t.params.get(p.key) for p in self.space):
+                info = None  # it did not run SMAC's proposal: tell SMAC what ran
             if info is None:
                 config = self._config(t.params)
                 if config is None:
@@ -273,11 +312,11 @@ class SmacSampler(BaseSampler):
                 info = TrialInfo(config=config, seed=seed)
             status = str(t.user_attrs.get(STATUS_ATTR, "ok"))
             ok = t.state == TrialState.COMPLETE and status == "ok" and t.value is not None and math.isfinite(t.value)
-            cost = float(t.value) if ok else self.penalty
+            cost = sign * float(t.value) if ok else self.penalty  # type: ignore[arg-type]
             if t.state == TrialState.PRUNED:  # its last reported value (Optuna's value of a pruned trial)
                 status = "pruned"
                 last = t.user_attrs.get("pruned_value", t.value)
-                cost = float(last) if isinstance(last, (int, float)) and math.isfinite(last) else self.penalty
+                cost = sign * float(last) if isinstance(last, (int, float)) and math.isfinite(last) else self.penalty
             spent = float(t.user_attrs.get("cost_s", 0.0))
             smac.tell(info, TrialValue(cost=cost, time=spent, status=_smac_status("ok" if ok else status)), save=False)
             told_any = True
@@ -306,13 +345,20 @@ class SmacSampler(BaseSampler):
 
     # -- Optuna sampler interface ------------------------------------------------------------------
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        require_single_objective(study, self.name)
         return self.space.distributions()
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        if trial.system_attrs.get("fixed_params"):
+        require_single_objective(study, self.name)
+        if trial.system_attrs.get("fixed_params") or not search_space:
             return {}  # an enqueued point (the baseline, a retry): it runs as given and is told when done
+        with self._lock:
+            params = self._sample(study, trial)
+        return {k: v for k, v in params.items() if k in search_space}
+
+    def _sample(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         from smac.main.exceptions import ConfigurationSpaceExhaustedException
 
         smac = self._facade(study)
@@ -344,6 +390,7 @@ class SmacSampler(BaseSampler):
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
+        require_single_objective(study, self.name)
         return seeded_random_value(study, trial, self.seed, param_name, param_distribution)
 
 

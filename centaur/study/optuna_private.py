@@ -208,3 +208,12 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """`Trial.set_user_attr` for several keys at once, keeping the Trial's cached copy in step."""
     set_trial_attrs(trial.storage, trial._trial_id, user_attrs=attrs)
     trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
+def distribution_contains(distribution: BaseDistribution, value: Any) -> bool:
+    """Whether `value` (an external value) is a value of `distribution`, on its step grid: the check Optuna
+    applies to a relative sample before using it (else it samples the parameter independently)."""
+    try:
+        return bool(distribution._contains(distribution.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False

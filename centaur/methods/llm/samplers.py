@@ -29,7 +29,7 @@ from centaur.llm import (
     extract_number,
     validate_proposal,
 )
-from centaur.methods.base import MethodContext, MethodError, register
+from centaur.methods.base import MethodContext, MethodError, register, require_space
 from centaur.methods.llm.common import (
     SYSTEM_PROMPT,
     History,
@@ -530,14 +530,17 @@ class LlamboHubSampler(LlamboSampler):
 # ---------------------------------------------------------------------------------------------------
 @register("agent-hps", "LLM agent proposing the next configuration from the task, space and last evaluations")
 def _agent_hps(ctx: MethodContext) -> AgentHPSSampler:
+    require_space(ctx, AgentHPSSampler.method)
     return AgentHPSSampler(ctx)
 
 
 @register("llambo", "LLAMBO (paper): LLM candidate generation towards a target + LLM surrogate with EI")
 def _llambo(ctx: MethodContext) -> LlamboSampler:
+    require_space(ctx, LlamboSampler.method)
     return LlamboSampler(ctx)
 
 
 @register("llambo-hub", "LLAMBO (OptunaHub port): binary-label surrogate, random categoricals, failures avoided")
 def _llambo_hub(ctx: MethodContext) -> LlamboHubSampler:
+    require_space(ctx, LlamboHubSampler.method)
     return LlamboHubSampler(ctx)

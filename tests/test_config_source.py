@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from source_fixtures import SOURCES, copy, ok_trials
 
 import centaur
 from centaur.config import ConfigError
@@ -24,18 +25,6 @@ from centaur.space.toml_writer import write_config
 from centaur.study.identity import task_fingerprint
 from centaur.study.loop import StudyMismatch
 from centaur.tasks.script import ScriptTask
-
-SOURCES = Path(__file__).parent / "fixtures" / "sources"
-
-
-def copy(name: str, tmp_path: Path) -> Path:
-    target = tmp_path / name
-    shutil.copytree(SOURCES / name, target)
-    return target / "train.py"
-
-
-def ok_trials(result) -> list:
-    return [t for t in result.study.get_trials() if t.user_attrs.get("status") == "ok"]
 
 
 def trial_dir(t) -> Path:

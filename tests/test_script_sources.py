@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 import tomllib
 from pathlib import Path
 
 import pytest
+from source_fixtures import SOURCES, copy, ok_trials
 
 import centaur
 from centaur.config import ConfigError, load_config
@@ -17,18 +17,6 @@ from centaur.space import load_space
 from centaur.space.sources import find_arguments, find_globals
 from centaur.space.toml_writer import write_config
 from centaur.tasks.script import ScriptTask
-
-SOURCES = Path(__file__).parent / "fixtures" / "sources"
-
-
-def copy(name: str, tmp_path: Path) -> Path:
-    target = tmp_path / name
-    shutil.copytree(SOURCES / name, target)
-    return target / "train.py"
-
-
-def ok_trials(result) -> list:
-    return [t for t in result.study.get_trials() if t.user_attrs.get("status") == "ok"]
 
 
 # -- discovery -------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ class ScriptTask:
         result = TrialResult(TrialStatus.CRASH, error="no run")
         for rung in rungs:
             last = rung == rungs[-1]
-            value: Any = full if last else (type(full)(rung) if isinstance(full, int) else float(rung))
+            value: Any = full if last else (rung if isinstance(full, int) else float(rung))  # the script's type
             where = trial_dir if last else trial_dir / f"{ladder.name}-{rung}"
             result = self.evaluate_at(config, where, {ladder.name: value})
             spent_cost += result.cost_s or 0.0

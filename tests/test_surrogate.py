@@ -207,6 +207,28 @@ def test_save_load_roundtrip(model: SurrogateModel, tmp_path: Path, monkeypatch:
         SurrogateModel.load(tmp_path / "junk.pkl")
 
 
+def test_objective_weights_upweight_the_competitive_region() -> None:
+    from centaur.surrogate.model import objective_weights
+
+    y = np.array([0.975, 0.995, 1.0, 1.2])
+    assert FitOptions().competitive_weight > 1.0  # on by default
+    assert objective_weights(y, FitOptions(competitive_weight=1.0)) is None  # off: plain L2
+    assert objective_weights(y, FitOptions(competitive_weight=5.0, weight_below=1.0)).tolist() == [5, 5, 1, 1]
+    with pytest.raises(ValueError, match="competitive_weight"):
+        objective_weights(y, FitOptions(competitive_weight=0.0))
+
+
+def test_competitive_weight_changes_the_fit(tmp_path: Path) -> None:
+    df = load_trials(synthetic_trials(tmp_path / "trials.json"))
+    plain = fit_surrogate(df, TINY, competitive_weight=1.0)
+    weighted = fit_surrogate(df, TINY, competitive_weight=5.0, weight_below=0.99)
+    cfgs = [dict(DEFAULT_CONFIG, MATRIX_LR=lr) for lr in (0.02, 0.03, 0.05)]
+    a = plain.predict_columns(F.config_columns(cfgs))["raw"]
+    b = weighted.predict_columns(F.config_columns(cfgs))["raw"]
+    assert not np.allclose(a, b)
+    assert "loss weight x5 below 0.99" in weighted.describe() and "loss weight" not in plain.describe()
+
+
 @needs_data
 def test_include_code_imputes_batch(trials) -> None:
     m = fit_surrogate(trials, SMALL, include_code=True)

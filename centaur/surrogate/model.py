@@ -39,7 +39,7 @@ from centaur.surrogate.features import (
 )
 
 FORMAT_TAG = "centaur-surrogate"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: objective loss weighted toward the competitive region (old caches refit)
 
 # Level bins (val_bpb) of the noise model; noise grows with val_bpb (docs/surrogate.md, "Noise").
 NOISE_EDGES: tuple[float, ...] = (0.98, 0.99, 1.0, 1.05, 1.2)
@@ -83,6 +83,11 @@ class FitOptions:
     support_quantile: float = 0.99
     # val_bpb added per unit of normalized distance beyond the support threshold (see docs)
     ood_slope: float = 0.4
+    # Sample weight of the successful trials with val_bpb < weight_below in the objective's loss (others: 1).
+    # Upweighting the near-competitive region spends the trees' splits where comparisons are decided;
+    # 1.0 turns it off (docs/surrogate.md, "Fidelity").
+    competitive_weight: float = 5.0
+    weight_below: float = 1.0
     seed: int = 0
     num_threads: int = 1  # the machine is shared: one thread per fit avoids spin-wait collapse
 
@@ -279,8 +284,14 @@ class SurrogateModel:
         m = self.meta
         return (f"surrogate: {len(self.regressors)} x LightGBM on {m.get('n_success')} successful trials "
                 f"({m.get('n_trials')} in all, code trials {'in' if self.options.include_code else 'out'}), "
-                f"noise sd {self.noise.median_sd:.2e} (median of {self.noise.n_groups} repeat groups), "
+                f"{self._weight_note()}noise sd {self.noise.median_sd:.2e} (median of {self.noise.n_groups} "
+                f"repeat groups), "
                 f"support threshold {self.support_threshold:.3f}")
+
+    def _weight_note(self) -> str:
+        # options pickled before the field existed lack it (the class default would lie): they were unweighted
+        w = vars(self.options).get("competitive_weight", 1.0)
+        return "" if w == 1.0 else f"loss weight x{w:g} below {self.options.weight_below:g}, "
 
 
 def _support(df_success: pd.DataFrame, quantile: float) -> tuple[np.ndarray, float, np.ndarray]:
@@ -290,6 +301,15 @@ def _support(df_success: pd.DataFrame, quantile: float) -> tuple[np.ndarray, flo
     d, _ = tree.query(pts, k=2)
     loo = d[:, 1] / math.sqrt(len(HP_NAMES))  # column 0 is the point itself
     return pts, float(np.quantile(loo, quantile)), loo
+
+
+def objective_weights(y: np.ndarray, opts: FitOptions) -> np.ndarray | None:
+    """Per-trial loss weights of the objective regressors: `competitive_weight` below `weight_below`."""
+    if opts.competitive_weight == 1.0:
+        return None
+    if opts.competitive_weight <= 0:
+        raise ValueError(f"competitive_weight must be > 0, got {opts.competitive_weight}")
+    return np.where(y < opts.weight_below, opts.competitive_weight, 1.0)
 
 
 def fit_surrogate(
@@ -314,11 +334,12 @@ def fit_surrogate(
 
     x_ok = feature_matrix(frame_columns(ok))
     y_ok = ok["val_bpb"].to_numpy()
+    w_ok = objective_weights(y_ok, opts)
     regs = []
     for k in range(opts.n_models):
         params = dict(base, objective="regression", learning_rate=opts.learning_rate,
                       num_leaves=opts.num_leaves, min_data_in_leaf=opts.min_data_in_leaf, seed=opts.seed + k)
-        regs.append(lgb.train(params, lgb.Dataset(x_ok, y_ok, free_raw_data=True), opts.n_estimators))
+        regs.append(lgb.train(params, lgb.Dataset(x_ok, y_ok, weight=w_ok, free_raw_data=True), opts.n_estimators))
 
     x_all = feature_matrix(frame_columns(data))
     failed = (~data["success"]).to_numpy().astype(float)

@@ -385,3 +385,18 @@ def test_random_initial_trials_respect_constraints(tmp_path):
             assert study.trials[trial.number].user_attrs["proposal_source"] == "random-init"
             study.tell(trial, 1.0)
         assert server.chat_requests() == []
+
+
+@pytest.mark.parametrize("method", ["agent-hps", "llambo", "centaur"])
+def test_close_stops_the_client_the_sampler_built_but_not_a_shared_one(tmp_path, monkeypatch, method):
+    """A bench worker runs many studies in one process: each study's own client (and the local server it
+    started) must end with the study, while a client the caller shares stays open."""
+    closed: list[LLMClient] = []
+    monkeypatch.setattr(LLMClient, "close", lambda self: closed.append(self))
+    own = create_sampler(method, MethodContext(space=SPACE, seed=0, task_description=TASK, run_dir=tmp_path,
+                                               llm=LLMSettings(base_url="http://127.0.0.1:9/v1", model="m")))
+    own.close()
+    assert closed == [own.client]
+    shared = LLMClient(LLMSettings(base_url="http://127.0.0.1:9/v1", model="m"))
+    create_sampler(method, MethodContext(space=SPACE, seed=0, task_description=TASK, llm=shared)).close()
+    assert closed == [own.client]

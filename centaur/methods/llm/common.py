@@ -242,6 +242,8 @@ class LLMSampler(BaseSampler):
         self.fallback = str(self.options.get("fallback", self.default_fallback))
         self.max_unavailable = int(self.options.get("max_unavailable_in_row", 3))
         self._ctx = ctx
+        # A client built here (and the local server it may start) ends with the sampler; a shared one does not.
+        self._owns_client = client is None and not isinstance(ctx.llm, LLMClient)
         self._partner: BaseSampler | None = None
         self._unavailable_in_row = 0
         self._check_fallback()
@@ -250,6 +252,12 @@ class LLMSampler(BaseSampler):
             warnings.warn(f"{self.method}: unknown option(s) {sorted(unknown)} ignored; known: "
                           f"{sorted(self.options_known)}", stacklevel=2)
         self.client = client if client is not None else client_for(ctx)
+
+    def close(self) -> None:
+        """Stop the LLM client this sampler built, and the local server it started: a bench worker runs
+        many studies in one process, and each would otherwise leave an idle server behind."""
+        if self._owns_client:
+            self.client.close()
 
     # -- Optuna interface ------------------------------------------------------------------------
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:

@@ -175,7 +175,8 @@ def test_sigterm_to_the_bench_alone_stops_its_workers_too(tmp_path: Path) -> Non
 @pytest.mark.slow
 @pytest.mark.skipif(not TRIALS.is_file(), reason="the reference study's trials file is not here")
 def test_surrogate_grid_in_parallel(tmp_path: Path) -> None:
-    res = run_bench(f"surrogate:{TRIALS}", ["random", "tpe"], [0, 1], "2h", bench_dir=tmp_path, jobs=2)
+    grid = (f"surrogate:{TRIALS}", ["random", "tpe"], [0, 1], "2h")
+    res = run_bench(*grid, bench_dir=tmp_path, jobs=2, instrument=False)  # the record has its own tests
     assert res.complete and (tmp_path / "surrogate-model.pkl").is_file()
     studies = _studies(res.storage)
     assert len(studies) == 4
@@ -188,5 +189,5 @@ def test_surrogate_grid_in_parallel(tmp_path: Path) -> None:
     r0, r1 = studies["surrogate-autoresearch-random-seed0"], studies["surrogate-autoresearch-random-seed1"]
     assert _trials(r0) != _trials(r1)
     t0 = time.perf_counter()
-    again = run_bench(f"surrogate:{TRIALS}", ["random", "tpe"], [0, 1], "2h", bench_dir=tmp_path, jobs=2)
+    again = run_bench(*grid, bench_dir=tmp_path, jobs=2, instrument=False)
     assert again.ran == [] and time.perf_counter() - t0 < 30  # the fitted model is loaded from the cache

@@ -101,11 +101,15 @@ def run_bench(
     penalty: float = 100.0,
     in_memory: bool | None = None,
     progress: BenchProgress | None = None,
+    instrument: bool = True,
+    notes: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Run every (method, seed) study of TASK that is not complete yet in the bench storage.
 
     Rerunning the same command resumes: complete studies are kept, a direct study resumes where it
-    stopped, and an in-memory study that was not stored whole is run again from scratch.
+    stopped, and an in-memory study that was not stored whole is run again from scratch. On the surrogate
+    (with `instrument`) every study carries the surrogate's resolution record as a user attribute; NOTES
+    hears the steps of computing it the first time.
     """
     bench_dir = absolute_path(bench_dir)
     bench_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +119,7 @@ def run_bench(
     if budget_s <= 0:
         raise BenchError(f"the budget must be positive, got {budget!r}")
     url = absolute_storage_url(storage) if storage else default_bench_storage(bench_dir)
-    spec = prepare_task(task, bench_dir)
+    spec = prepare_task(task, bench_dir, instrument=instrument, progress=notes)
     memory = spec.simulated if in_memory is None else in_memory
     cells = grid(methods, seeds)
     names = [c.study_name(spec.name) for c in cells]
@@ -148,11 +152,20 @@ def _plan(url: str, spec: TaskSpec, cells: list[Cell], names: list[str], budget_
                 )
             if attrs.get(COMPLETE_ATTR):
                 skipped.append(name)
+                if spec.instrument is not None and attrs.get(_instrument_attr()) != spec.instrument:
+                    # a study finished before the record existed (or by a refitted model): brought up to date
+                    st.set_study_user_attr(st.get_study_id_from_name(name), _instrument_attr(), spec.instrument)
                 continue
             if memory:  # a copy that was cut short: it is cheaper to rerun than to trust it
                 optuna.delete_study(study_name=name, storage=st)
         todo.append((cell, name))
     return todo, skipped
+
+
+def _instrument_attr() -> str:
+    from centaur.surrogate.instrument import INSTRUMENT_ATTR  # only surrogate benches: pandas is an extra
+
+    return INSTRUMENT_ATTR
 
 
 def _execute(jobs_list: list[CellJob], n_jobs: int, url: str,
@@ -311,6 +324,8 @@ def run_cell(job: CellJob, report: Callable[..., None] | None = None) -> CellOut
     s = result.summary
     complete = s.used_s >= job.budget_s
     study = result.study
+    if job.spec.instrument is not None:  # so that a report on any storage finds how to read the study
+        study.set_user_attr(_instrument_attr(), job.spec.instrument)
     outcome = CellOutcome(job.cell, job.study_name, result.stop_reason, complete, seconds, s.n_finished,
                           s.best_value)
     if job.storage is None:

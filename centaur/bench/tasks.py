@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ class TaskSpec:
     name: str  # Task.name, used in study names
     script: str | None = None  # a script task
     model: str | None = None  # a surrogate task: the fitted model file
+    instrument: dict[str, Any] | None = None  # a surrogate task: its resolution record (surrogate/instrument.py)
 
     @property
     def simulated(self) -> bool:
@@ -30,11 +32,13 @@ class TaskSpec:
         return self.model is not None
 
 
-def prepare_task(text: str | None, bench_dir: Path) -> TaskSpec:
+def prepare_task(text: str | None, bench_dir: Path, *, instrument: bool = False,
+                 progress: Callable[[str], None] | None = None) -> TaskSpec:
     """Resolve TEXT ("surrogate[:TRIALS]", "gpt", or a script path) once in the parent process.
 
     The surrogate is fitted here (or loaded from the bench directory's cache, which is checked against
-    the trials file's hash) so the workers only load the saved model.
+    the trials file's hash) so the workers only load the saved model. With `instrument`, its resolution
+    record is computed too (minutes; PROGRESS hears the steps) or read from its cache beside it.
     """
     ref = parse_task(text)
     if ref.kind == "surrogate":
@@ -45,7 +49,12 @@ def prepare_task(text: str | None, bench_dir: Path) -> TaskSpec:
             raise FileNotFoundError(f"no trials file for the surrogate: use --task surrogate:PATH or set ${TRIALS_ENV}")
         cache = Path(bench_dir) / MODEL_FILE
         task = SurrogateTask.from_trials(trials, cache=cache)
-        return TaskSpec(text=ref.spec, name=task.name, model=str(cache.resolve()))
+        record = None
+        if instrument:
+            from centaur.surrogate.instrument import instrument_for, sidecar_path
+
+            record = instrument_for(task.model, trials, cache=sidecar_path(cache), progress=progress).to_dict()
+        return TaskSpec(text=ref.spec, name=task.name, model=str(cache.resolve()), instrument=record)
     script = ref.script
     task = load_spec_task(ref)  # validates the script and its search space now, not in the workers
     return TaskSpec(text=ref.spec, name=task.name, script=str(script))

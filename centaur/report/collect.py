@@ -7,6 +7,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -18,7 +19,12 @@ from centaur.study.records import cost_of, is_success, status_of
 from centaur.study.schema import CONFIG_ATTR, SOURCE_ATTR, STUDY_BUDGET, STUDY_METHOD, STUDY_SEED, STUDY_TASK
 from centaur.study.storage import open_storage
 
+if TYPE_CHECKING:
+    from centaur.surrogate.instrument import Instrument
+
 REFERENCE_BUDGET_S = 86400.0  # the reference study's 24 h
+INSTRUMENT_ATTR = "surrogate_instrument"  # = centaur.surrogate.instrument.INSTRUMENT_ATTR (a test keeps them equal)
+SHARE_ATTR = "llm_share"  # = centaur.methods.centaur.trust.SHARE_ATTR: the LLM share that decided a Centaur trial
 
 
 class ReportInputError(ValueError):
@@ -34,8 +40,9 @@ class TrialRecord:
     noise_free: float | None = None  # surrogate studies: the value without observation noise
     llm_calls: int = 0
     llm_seconds: float = 0.0
-    source: str = ""
+    source: str = ""  # proposal_source: the sampler's name, "baseline", "llm", "llm-fallback:<kind>", ...
     config_key: str | None = None  # the configuration's identity (repeated evaluations share it)
+    llm_share: float | None = None  # Centaur: the share of LLM turns when this trial was decided
 
 
 @dataclass
@@ -50,6 +57,7 @@ class Run:
     trials: list[TrialRecord]
     seconds: float | None = None  # wall seconds the benchmark spent on this study
     llm_known: bool = True  # the source records LLM calls (the reference trials file does not)
+    instrument: Instrument | None = None  # surrogate studies: how finely the surrogate resolves differences
     counted: list[TrialRecord] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +83,15 @@ class Run:
     def best(self) -> float | None:
         b = self.best_trial
         return None if b is None else b.value
+
+    @property
+    def regret(self) -> float | None:
+        """Normalised regret of the noise-free value at the best trial (0: best known, 1: the defaults);
+        None without an instrument record or a noise-free value."""
+        b = self.best_trial
+        if self.instrument is None or b is None or b.noise_free is None:
+            return None
+        return self.instrument.regret(b.noise_free)
 
     @property
     def failure_share(self) -> float:
@@ -142,25 +159,41 @@ def runs_from_storage(target: str | Path) -> list[Run]:
             budget_s=attrs.get(STUDY_BUDGET),
             trials=records,
             seconds=attrs.get(SECONDS_ATTR),
+            instrument=_instrument(attrs.get(INSTRUMENT_ATTR)),
         ))
     if not runs:
         raise ReportInputError(f"no studies in {url}")
     return runs
 
 
+def _instrument(data: Any) -> Instrument | None:
+    if not isinstance(data, dict):
+        return None
+    from centaur.surrogate.instrument import Instrument
+
+    try:
+        return Instrument.from_dict(data)
+    except ValueError:  # written by another version: the report goes on without it
+        return None
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
 def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
-    nf = t.user_attrs.get("noise_free")
     ok = is_success(t)
     return TrialRecord(
         number=t.number,
         status=status_of(t) if t.state != TrialState.FAIL else "lost",
         value=float(t.value) if ok else None,
         cost_s=cost_of(t),
-        noise_free=float(nf) if isinstance(nf, (int, float)) and math.isfinite(nf) else None,
+        noise_free=_finite(t.user_attrs.get("noise_free")),
         llm_calls=int(t.user_attrs.get("llm_calls", 0)),
         llm_seconds=float(t.user_attrs.get("llm_seconds", 0.0)),
         source=str(t.user_attrs.get(SOURCE_ATTR, "")),
         config_key=_config_key(t.user_attrs.get(CONFIG_ATTR) or t.params),
+        llm_share=_finite(t.user_attrs.get(SHARE_ATTR)),
     )
 
 

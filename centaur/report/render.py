@@ -5,13 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from centaur.report import figures
 from centaur.report.collect import Run
-from centaur.report.stats import MethodRow, PairStat, common_budget, method_table, pairwise
+from centaur.report.proposals import proposal_rows, proposals_md
+from centaur.report.stats import MethodRow, PairStat, common_budget, instruments, method_table, pairwise
 from centaur.units import format_duration
+
+if TYPE_CHECKING:
+    from centaur.surrogate.instrument import Instrument
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #bbb;padding:4px 8px;
@@ -55,6 +61,7 @@ def method_rows_md(rows: list[MethodRow], metric: str) -> str:
         ("seeds", lambda r: str(r.n_seeds)),
         (f"best {metric} (mean ± std)", lambda r: _pm(r.best_mean, r.best_std)),
         ("noise-free at best (mean ± std)", lambda r: _pm(r.noise_free_mean, r.noise_free_std)),
+        ("normalised regret (mean ± std)", lambda r: _pm(r.regret_mean, r.regret_std, 3)),
         ("OOM% (all failures)", lambda r: f"{r.fail_pct:.1f}%"),
         ("failure classes (all seeds)",
          lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r.failures.items())) or "none"),
@@ -70,34 +77,110 @@ def method_rows_md(rows: list[MethodRow], metric: str) -> str:
     return _table([columns[i][0] for i in keep], [[c[i] for i in keep] for c in cells])
 
 
+NOT_RESOLVED = "not resolved by this benchmark"
+
+
+def resolution_mark(p: PairStat) -> str:
+    """The mark beside the Wilcoxon result: the surrogate cannot vouch for a difference below its error."""
+    if p.resolved is None:
+        return "-"
+    rmse = f"{p.resolution_rmse:.4f}"
+    return f"resolved (≥ {rmse})" if p.resolved else f"**{NOT_RESOLVED}** (< {rmse})"
+
+
 def pairs_md(pairs: list[PairStat]) -> str:
+    resolution = any(p.resolved is not None for p in pairs)  # surrogate studies with an instrument record
     body = []
     for p in pairs:
         ci = "-" if p.ci_low is None else f"[{p.ci_low:+.4f}, {p.ci_high:+.4f}]"
-        body.append([
+        row = [
             f"{p.a} vs {p.b}", str(p.n), f"{p.mean_a:.4f}", f"{p.mean_b:.4f}", f"{p.delta:+.4f}", ci,
             f"{p.wins_a} / {p.wins_b}", _p(p.p_two_sided), _p(p.p_a_better), p.p_method if p.p_two_sided else "-",
             p.note,
-        ])
-    return _table(
-        ["A vs B", "n", "mean A", "mean B", "Δ = A − B", "95% bootstrap CI of Δ", "seeds A better / B better",
-         "p two-sided", "p one-sided (A < B)", "test", "conclusion"],
-        body,
+        ]
+        if resolution:
+            row += ["-" if p.nf_delta is None else f"{p.nf_delta:+.4f}", resolution_mark(p)]
+        body.append(row)
+    header = ["A vs B", "n", "mean A", "mean B", "Δ = A − B", "95% bootstrap CI of Δ", "seeds A better / B better",
+              "p two-sided", "p one-sided (A < B)", "test", "conclusion"]
+    if resolution:
+        header += ["Δ noise-free", "resolution (abs Δ noise-free vs LORO RMSE)"]
+    return _table(header, body)
+
+
+def _bold_md(text: str) -> str:
+    return f"**{text}**"
+
+
+def _italic_md(text: str) -> str:
+    return f"*{text}*"
+
+
+def instrument_text(inst: Instrument, strong: Callable[[str], str] = _bold_md,
+                    emph: Callable[[str], str] = _italic_md) -> str:
+    """The "Instrument resolution" paragraph: how finely the surrogate resolves differences, and where the
+    normalised regret's 0 and 1 are. STRONG marks the numbers that matter and EMPH the terms defined
+    (Markdown by default)."""
+    comp, whole = inst.loro.get("competitive", {}), inst.loro.get("all", {})
+    b = inst.best_known
+
+    def f(x: object, nd: int = 4) -> str:
+        return f"{x:.{nd}f}" if isinstance(x, (int, float)) else "-"
+
+    rmse = f(inst.comp_rmse)
+    support = inst.extra.get("support_threshold")
+    evals = b.get("evaluations")
+    evals_txt = f"{evals:,}" if isinstance(evals, int) else "?"
+    return (
+        f"Leave-one-run-out validation of this surrogate ({inst.loro.get('folds', '?')} folds, each run of the "
+        "reference study held out and predicted by a fit on the others, novel configurations only): in the "
+        f"competitive region (true val_bpb < {inst.loro.get('competitive_below', 0.99)}, n = {comp.get('n', '?')}) "
+        f"RMSE {strong(rmse)} and Spearman {strong(f(comp.get('spearman_pooled'), 3))} pooled "
+        f"({f(comp.get('spearman_mean'), 3)} as the mean of {comp.get('folds_with_spearman', '?')} folds); over "
+        f"all {whole.get('n', '?')} successful trials RMSE {f(whole.get('rmse_pooled'))}, Spearman "
+        f"{f(whole.get('spearman_pooled'), 3)}. Best known in-support noise-free value "
+        f"{strong(f(inst.best_value))} (CMA-ES on the noise-free surrogate, {evals_txt} "
+        f"evaluations; distance to the data {f(b.get('distance_to_data'), 3)}"
+        + (f", support threshold {f(support, 3)}" if support is not None else "")
+        + f"); baseline, the space's defaults, {strong(f(inst.baseline_value))}. {emph('Normalised regret')} = "
+        "(noise-free value at the best trial − best known) / (baseline − best known): 0 is the best known "
+        "configuration, 1 the defaults, negative below the best known. A pairwise comparison is marked "
+        f"{emph(NOT_RESOLVED)} when the absolute paired mean difference of the noise-free values at the best trials "
+        f"is smaller than the competitive-region RMSE ({rmse}): below the surrogate's own error where the "
+        "methods compete, the surrogate cannot be trusted to order the two on the real task, whatever the Wilcoxon p."
     )
 
 
+def instrument_md(runs: list[Run]) -> list[str]:
+    """The section, or nothing for runs without an instrument record (real scripts, a trials file)."""
+    found = instruments(runs)
+    if not found:
+        return []
+    parts = ["## Instrument resolution"]
+    for inst in found:
+        head = f"Record `{inst.fingerprint}`: " if len(found) > 1 else ""
+        parts.append(head + instrument_text(inst))
+    if any(r.instrument is None for r in runs):
+        parts.append("Some runs carry no instrument record: they have no regret, and their comparisons no mark.")
+    return parts
+
+
 def runs_md(runs: list[Run]) -> str:
+    regret = any(r.regret is not None for r in runs)
     body = []
     for r in sorted(runs, key=lambda r: (r.method, r.seed)):
         bt = r.best_trial
-        body.append([
+        row = [
             r.name, r.method, str(r.seed), str(len(r.counted)), "-" if bt is None else f"{bt.value:.4f}",
             "-" if bt is None or bt.noise_free is None else f"{bt.noise_free:.4f}",
-            "-" if bt is None else str(bt.number), f"{100 * r.failure_share:.1f}%", f"{r.used_s / 3600:.2f}",
-            "-" if r.seconds is None else f"{r.seconds:.2f}",
-        ])
-    return _table(["study", "method", "seed", "trials", "best", "noise-free at best", "best trial", "failed",
-                   "budget used (h)", "wall s"], body)
+        ]
+        row += ["-" if r.regret is None else f"{r.regret:.3f}"] if regret else []
+        row += ["-" if bt is None else str(bt.number), f"{100 * r.failure_share:.1f}%", f"{r.used_s / 3600:.2f}",
+                "-" if r.seconds is None else f"{r.seconds:.2f}"]
+        body.append(row)
+    header = ["study", "method", "seed", "trials", "best", "noise-free at best", *(["regret"] if regret else []),
+              "best trial", "failed", "budget used (h)", "wall s"]
+    return _table(header, body)
 
 
 def winners_curse_md(runs: list[Run]) -> str:
@@ -155,16 +238,21 @@ def build_report(runs: list[Run], out_dir: Path | str, *, title: str, source: st
     figs.append(figures.finals(runs, order, metric, out / "finals.png"))
     tasks = sorted({r.task for r in runs if r.task})
     small = [p for p in pairs if not p.can_be_significant and p.n >= 1]
+    regret = any(r.regret_mean is not None for r in rows)
     parts = [
         f"# {title}",
         f"Source: `{source}`. Task: {', '.join(tasks) or 'unknown'}. Budget per run: {format_duration(budget_s)} "
         f"of counted trial cost. {len(runs)} run(s), {len(rows)} method(s). Generated "
         f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
+        *instrument_md(runs),
         "## Results per method",
         method_rows_md(rows, metric),
         f"*Best {metric}*: the lowest observed value among the successful trials that started within the budget, "
         "mean ± population std (ddof 0) over seeds. *Noise-free at best*: the surrogate's value without "
-        "observation noise for that same trial (surrogate studies). *OOM%*: failed trials of any cause as a "
+        "observation noise for that same trial (surrogate studies). "
+        + ("*Normalised regret*: of that noise-free value, between the best known (0) and the baseline (1); see "
+           "\"Instrument resolution\". " if regret else "")
+        + "*OOM%*: failed trials of any cause as a "
         "share of all trials, as the reference study counts it; the failure classes say which. LLM columns and "
         "fallbacks are sums per run, averaged over seeds. *Wall s / study*: benchmark wall seconds per study.",
         "## Convergence",
@@ -189,6 +277,27 @@ def build_report(runs: list[Run], out_dir: Path | str, *, title: str, source: st
             "data (with n paired seeds the smallest exact two-sided p is 2/2^n, above 0.05 for n < 6). "
             "Run more seeds before calling a difference significant."
         )
+    unresolved = [p for p in pairs if p.resolved is False]
+    if any(p.resolved is not None for p in pairs):
+        parts.append(
+            f"*Resolution*: Δ noise-free is the mean paired difference of the noise-free values at the best trials; "
+            f"a comparison is *{NOT_RESOLVED}* when its absolute value is smaller than the surrogate's "
+            f"competitive-region RMSE on held-out runs (\"Instrument resolution\"). {len(unresolved)} of "
+            f"{len(pairs)} comparisons are not resolved."
+        )
+    proposals = proposal_rows(runs)
+    if proposals:
+        parts += [
+            "## Proposal sources",
+            "Who proposed each trial of the runs with LLM turns, per method (counts per seed) and per seed: *LLM "
+            "turns*, trials whose proposal source starts with \"llm\"; *LLM proposals run*, the LLM's "
+            "configuration ran (\"llm\"); *vetoed*, it was predicted to run out of memory and CMA-ES's proposal "
+            "ran (\"llm-fallback:predicted-oom\"); *unusable*, the answer could not be used and CMA-ES's "
+            "proposal ran (\"llm-fallback:cmaes\"); the OOM share of the LLM's proposals that ran against "
+            "CMA-ES's own turns (\"cmaes\"); the share of LLM turns at the end (the last trial's `llm_share`, "
+            "which adaptive trust moves with the LLM's record); and who proposed each seed's best trial.",
+            proposals_md(proposals),
+        ]
     curse = winners_curse_summary(runs)
     parts += [
         "## Winner's curse: repeated evaluations of the best configuration",

@@ -6,11 +6,15 @@ import itertools
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
 
 from centaur.report.collect import Run
+
+if TYPE_CHECKING:
+    from centaur.surrogate.instrument import Instrument
 
 ALPHA = 0.05
 FORWARD_FILL_SHARE = 0.98  # a run that spent this share of its budget counts as finished for the curves
@@ -32,6 +36,8 @@ class MethodRow:
     fallbacks_mean: float | None = None
     seconds_mean: float | None = None  # bench wall seconds per study
     seconds_std: float | None = None
+    regret_mean: float | None = None  # normalised regret of the noise-free value at the best trial
+    regret_std: float | None = None
 
 
 def by_method(runs: list[Run]) -> dict[str, list[Run]]:
@@ -62,6 +68,8 @@ def method_table(runs: list[Run]) -> list[MethodRow]:
         nm, ns = _mean_std(nfs) if len(nfs) == len(bests) else (None, None)
         secs = [float(r.seconds) for r in rs if r.seconds is not None]
         sm, ss = _mean_std(secs)
+        regrets = [r.regret for r in rs if r.regret is not None]
+        rm, rsd = _mean_std(regrets) if len(regrets) == len(bests) else (None, None)
         llm = all(r.llm_known for r in rs)
         rows.append(MethodRow(
             method=method,
@@ -79,6 +87,8 @@ def method_table(runs: list[Run]) -> list[MethodRow]:
             if llm else None,
             seconds_mean=sm,
             seconds_std=ss,
+            regret_mean=rm,
+            regret_std=rsd,
         ))
     return sorted(rows, key=lambda r: (math.isnan(r.best_mean), r.best_mean))
 
@@ -147,10 +157,23 @@ class PairStat:
     ci_high: float | None
     min_p: float  # the smallest two-sided p any outcome could give with this n
     note: str
+    # surrogate studies: the paired mean difference of the noise-free values at the best trials, and the
+    # competitive-region RMSE of the surrogate on held-out runs it is compared with
+    nf_n: int = 0
+    nf_delta: float | None = None
+    resolution_rmse: float | None = None
 
     @property
     def can_be_significant(self) -> bool:
         return self.min_p <= ALPHA
+
+    @property
+    def resolved(self) -> bool | None:
+        """Whether the surrogate resolves this difference: |nf_delta| >= its competitive-region RMSE;
+        None without an instrument record or paired noise-free values."""
+        if self.nf_delta is None or self.resolution_rmse is None:
+            return None
+        return abs(self.nf_delta) >= self.resolution_rmse
 
 
 def min_two_sided_p(n: int) -> float:
@@ -170,8 +193,40 @@ def pairwise(runs: list[Run], order: list[str] | None = None, *, seed: int = 0,
         common = sorted(set(best_a) & set(best_b))
         xa = np.array([best_a[s] for s in common])
         xb = np.array([best_b[s] for s in common])
-        out.append(_pair(a, b, xa, xb, seed, n_resamples))
+        pair = _pair(a, b, xa, xb, seed, n_resamples)
+        pair.nf_n, pair.nf_delta = _noise_free_delta(groups[a], groups[b])
+        pair.resolution_rmse = resolution_rmse(groups[a] + groups[b])
+        out.append(pair)
     return out
+
+
+def _noise_free_delta(ra: list[Run], rb: list[Run]) -> tuple[int, float | None]:
+    """Seeds paired and mean(A - B) of the noise-free values at each seed's best trial."""
+
+    def nf(runs: list[Run]) -> dict[int, float]:
+        return {r.seed: r.best_trial.noise_free for r in runs
+                if r.best_trial is not None and r.best_trial.noise_free is not None}
+
+    a, b = nf(ra), nf(rb)
+    common = sorted(set(a) & set(b))
+    return len(common), (float(np.mean([a[s] - b[s] for s in common])) if common else None)
+
+
+def instruments(runs: list[Run]) -> list[Instrument]:
+    """The distinct instrument records the runs carry (one for a bench on one surrogate)."""
+    seen: dict[str, Instrument] = {}
+    for r in runs:
+        if r.instrument is not None:
+            seen.setdefault(r.instrument.fingerprint, r.instrument)
+    return list(seen.values())
+
+
+def resolution_rmse(runs: list[Run]) -> float | None:
+    """The competitive-region RMSE that decides whether a difference between these runs is resolved: the
+    largest of their records' (they are one on one bench), None when a run has none."""
+    values = [r.instrument.comp_rmse if r.instrument is not None else None for r in runs]
+    known = [v for v in values if v is not None]
+    return max(known) if known and len(known) == len(values) else None
 
 
 def _pair(a: str, b: str, xa: np.ndarray, xb: np.ndarray, seed: int, n_resamples: int) -> PairStat:

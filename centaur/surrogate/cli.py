@@ -152,3 +152,70 @@ def evaluate(
     for k, v in out.as_dict().items():
         t.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
     console.print(t)
+
+
+@app.command()
+def instrument(
+    trials: TrialsOpt,
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m", help="the model to measure, e.g. BENCH_DIR/surrogate-model.pkl: fitted on TRIALS and saved "
+        "there when missing or stale; the record is cached beside it (MODEL.instrument.json). Without it the "
+        "model is fitted in memory and nothing is cached")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the record as JSON")] = None,
+    restarts: Annotated[int, typer.Option(help="CMA-ES restarts per window pattern")] = 2,
+    generations: Annotated[int, typer.Option(help="CMA-ES generations per restart")] = 60,
+    population: Annotated[int, typer.Option(help="CMA-ES population")] = 96,
+) -> None:
+    """The surrogate's resolution as an instrument: leave-one-run-out error (overall and in the competitive
+    region), the best known in-support noise-free value and the baseline (about 2 min, then cached)."""
+    from centaur.surrogate.instrument import SearchSettings, instrument_for, instrument_key, load_cached, sidecar_path
+    from centaur.surrogate.model import fit_surrogate
+    from centaur.surrogate.task import SurrogateTask
+
+    settings = SearchSettings(restarts=restarts, generations=generations, population=population)
+    with _clear_errors():
+        if restarts < 1 or generations < 1 or population < 2:
+            raise ValueError("--restarts and --generations must be >= 1, --population >= 2")
+        with _spinner() as say:
+            say(f"loading the surrogate for {trials}")
+            if model is not None:
+                sm = SurrogateTask.from_trials(trials, cache=model).model
+            else:
+                sm = fit_surrogate(load_trials(trials))
+            cache = sidecar_path(model) if model is not None else None
+            hit = load_cached(cache, instrument_key(sm, settings)) if cache is not None else None
+            rec = hit or instrument_for(sm, trials, cache=cache, settings=settings, progress=say)
+    comp, whole, best = rec.loro["competitive"], rec.loro["all"], rec.best_known
+    t = Table(title="surrogate instrument" + (f" ({sidecar_path(model)})" if model is not None else ""),
+              show_header=False)
+    rows = [
+        ("data sha256", str(rec.key.get("data_sha256"))[:16] + "…"),
+        ("leave-one-run-out folds", str(rec.loro["folds"])),
+        (f"competitive (< {rec.loro['competitive_below']}): n", str(comp["n"])),
+        ("  RMSE pooled", _f(comp["rmse_pooled"])),
+        ("  Spearman pooled / mean of folds", f"{_f(comp['spearman_pooled'], 3)} / {_f(comp['spearman_mean'], 3)} "
+                                              f"({comp['folds_with_spearman']} folds)"),
+        ("all successful: n", str(whole["n"])),
+        ("  RMSE pooled", _f(whole["rmse_pooled"])),
+        ("  Spearman pooled / mean of folds", f"{_f(whole['spearman_pooled'], 3)} / {_f(whole['spearman_mean'], 3)}"),
+        ("best known (in support, noise-free)", _f(best["value"])),
+        ("  distance to data / support threshold", f"{_f(best['distance_to_data'], 3)} / "
+                                                   f"{_f(rec.extra.get('support_threshold'), 3)}"),
+        ("  evaluations", f"{best['evaluations']:,} in {best['seconds']:.0f} s"),
+        ("  configuration", ", ".join(f"{k}={_f(v, 4) if isinstance(v, float) else v}"
+                                      for k, v in best["config"].items())),
+        ("baseline (the space's defaults)", _f(rec.baseline["value"])),
+        ("computed", f"{rec.created} in {rec.seconds:.0f} s"),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    if hit is not None:
+        console.print(f"read from the cache {cache}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(rec.to_dict(), indent=1))
+        console.print(f"record written to {json_out}")
+
+
+def _f(x: Any, nd: int = 4) -> str:
+    return f"{x:.{nd}f}" if isinstance(x, (int, float)) else "-"

@@ -48,16 +48,19 @@ class MethodInfo:
     summary: str
     sequential: str | None = None  # why it cannot share a study with other workers (None: it can)
     own_loop: bool = False  # not a sampler: `centaur.tune` runs the method's own loop
+    # How failed trials are shown to it (centaur.methods.failures): "penalty", "constraint", "worst", or
+    # "own" (it reads each trial's failure class itself).
+    failures: str = "own"
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
 
 
 def register(
-    name: str, summary: str, *, sequential: str | None = None, own_loop: bool = False
+    name: str, summary: str, *, sequential: str | None = None, own_loop: bool = False, failures: str = "own"
 ) -> Callable[[MethodFactory], MethodFactory]:
     def deco(factory: MethodFactory) -> MethodFactory:
-        _REGISTRY[name] = MethodInfo(name, factory, summary, sequential, own_loop)
+        _REGISTRY[name] = MethodInfo(name, factory, summary, sequential, own_loop, failures)
         return factory
 
     return deco
@@ -92,7 +95,9 @@ def create_sampler(name: str, ctx: MethodContext) -> BaseSampler:
 def _load_builtin_methods() -> None:
     import importlib
 
-    for module in ("classical", "cmaes.sampler", "smac_sampler", "llm.samplers", "centaur.sampler", "agent_code"):
+    modules = ("classical", "cmaes.sampler", "smac_sampler", "peers.hebo", "peers.ngopt", "llm.samplers",
+               "centaur.sampler", "agent_code")
+    for module in modules:
         try:
             importlib.import_module(f"centaur.methods.{module}")
         except ModuleNotFoundError as e:  # a module of a method not built yet, or an optional extra missing

@@ -1,0 +1,1 @@
+"""Peer optimizers from other libraries (HEBO, Nevergrad), each as an Optuna sampler on our search space."""

@@ -47,6 +47,8 @@ def tpe_sampler(ctx: MethodContext) -> BaseSampler:
 # Optuna 5.0's TPESampler defaults: 10 startup trials, 24 EI candidates, gamma min(ceil(0.1 n), 25),
 # prior weight 1, magic clip on, endpoints off, and (new since 4.x) multivariate for single-objective
 # studies and a constant liar; both are set here explicitly so that they hold for any study.
+# Failures as infeasible trials (Optuna 5's own c-TPE): on the surrogate it ran exactly the same trials as
+# with the penalty (10 seeds, docs/bench.md "Peers"), since both put failures in TPE's "bad" group.
 @register("tpe-optuna", "Optuna 5 TPE as Optuna ships it (multivariate, constant liar, 10 startup trials, "
           "24 EI candidates); failures as infeasible trials", failures="constraint")
 def tpe_optuna_sampler(ctx: MethodContext) -> BaseSampler:

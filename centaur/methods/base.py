@@ -141,6 +141,13 @@ def seeded_random_value(
     return sampler.sample_independent(study, trial, name, distribution)
 
 
+def reject_unknown_options(options: dict[str, Any], known: set[str] | frozenset[str], method: str) -> None:
+    """A typo in [methods.NAME] or -o would otherwise be ignored silently."""
+    unknown = set(options) - set(known)
+    if unknown:
+        raise MethodError(f"unknown option(s) {sorted(unknown)} for {method}; it takes {', '.join(sorted(known))}")
+
+
 def require_single_objective(study: optuna.Study, method: str) -> None:
     """Refuse a multi-objective study at once, naming the method (MethodError is a ValueError)."""
     n = len(study.directions)

@@ -64,6 +64,7 @@ from centaur.methods.base import (
     MethodError,
     minimising_sign,
     register,
+    reject_unknown_options,
     require_single_objective,
     seeded_random_value,
 )
@@ -405,9 +406,7 @@ def _python(value: Any) -> Any:
 
 @register("smac", "SMAC3 HPO facade (random forest, log-EI), one evaluation per configuration; state from the study")
 def smac_sampler(ctx: MethodContext) -> BaseSampler:
-    unknown = set(ctx.options) - OPTIONS
-    if unknown:
-        raise MethodError(f"unknown option(s) {sorted(unknown)} for smac; it takes {', '.join(sorted(OPTIONS))}")
+    reject_unknown_options(ctx.options, OPTIONS, "smac")
     try:
         import smac  # noqa: F401
     except ImportError as e:

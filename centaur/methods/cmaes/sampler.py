@@ -36,6 +36,7 @@ from centaur.methods.base import (
     minimising_sign,
     option_flag,
     register,
+    reject_unknown_options,
     require_single_objective,
     seeded_random_value,
     trial_seed,
@@ -449,7 +450,5 @@ def catcma_from_options(ctx: MethodContext, options: dict[str, Any], external_fa
     "cmaes", "CMA-ES (cmaes CatCMAwM): models floats, integers, powers of two and categoricals; state in the study"
 )
 def catcma_sampler(ctx: MethodContext) -> BaseSampler:
-    unknown = set(ctx.options) - CMAES_OPTIONS
-    if unknown:
-        raise MethodError(f"unknown option(s) {sorted(unknown)} for cmaes; it takes {', '.join(sorted(CMAES_OPTIONS))}")
+    reject_unknown_options(ctx.options, CMAES_OPTIONS, "cmaes")
     return catcma_from_options(ctx, ctx.options)

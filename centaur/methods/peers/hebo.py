@@ -39,7 +39,7 @@ import optuna
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial
 
-from centaur.methods.base import MethodContext, MethodError, register, trial_seed
+from centaur.methods.base import MethodContext, MethodError, register, reject_unknown_options, trial_seed
 from centaur.methods.failures import failure_form
 from centaur.methods.peers.asktell import PEER_FORMS, AskTellSampler, Observation, python_value
 from centaur.space import Param, SearchSpace
@@ -157,9 +157,7 @@ class HeboSampler(AskTellSampler):
 @register("hebo", "HEBO (GP with warping, MACE acquisition, NSGA-II); failures as the worst success; needs HEBO",
           failures="worst")
 def hebo_sampler(ctx: MethodContext) -> BaseSampler:
-    unknown = set(ctx.options) - OPTIONS
-    if unknown:
-        raise MethodError(f"unknown option(s) {sorted(unknown)} for hebo; it takes {', '.join(sorted(OPTIONS))}")
+    reject_unknown_options(ctx.options, OPTIONS, "hebo")
     try:
         import hebo  # noqa: F401
     except ImportError as e:

@@ -29,7 +29,7 @@ import optuna
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial
 
-from centaur.methods.base import MethodContext, MethodError, register, typed_option
+from centaur.methods.base import MethodContext, MethodError, register, reject_unknown_options, typed_option
 from centaur.methods.failures import failure_form
 from centaur.methods.peers.asktell import PEER_FORMS, AskTellSampler, Observation, python_value
 from centaur.space import Param, SearchSpace
@@ -147,9 +147,7 @@ def _selected(opt: Any) -> str:
           "needs the nevergrad extra",
           failures="worst")
 def ngopt_sampler(ctx: MethodContext) -> BaseSampler:
-    unknown = set(ctx.options) - OPTIONS
-    if unknown:
-        raise MethodError(f"unknown option(s) {sorted(unknown)} for ngopt; it takes {', '.join(sorted(OPTIONS))}")
+    reject_unknown_options(ctx.options, OPTIONS, "ngopt")
     try:
         import nevergrad  # noqa: F401
     except ImportError as e:

@@ -15,11 +15,11 @@ distributions left out), so a conditional parameter that only some trials sugges
 range changes, is sampled by `sample_independent` (seeded random, reproducible per trial). The first
 trial has no finished trial to infer from and is sampled at random, as with Optuna's CmaEsSampler. One
 method instance is built per space it is asked about, and each keeps its state apart (cmaes and centaur
-store their optimizer in the study under a key of the space). Optuna's own samplers (random, tpe, gp,
-cmaes-optuna) already handle dynamic spaces and are used as they are, seeded per trial.
+store their optimizer in the study under a key of the space). Optuna's own samplers (random, tpe,
+tpe-optuna, gp, cmaes-optuna) already handle dynamic spaces and are used as they are, seeded per trial.
 
 Every sampler reads the study's direction, refuses a multi-objective study at the first call unless the
-method supports one (random, tpe, gp), is safe under `study.optimize(n_jobs=k)` (one lock serialises
+method supports one (random, tpe, tpe-optuna, gp), is safe under `study.optimize(n_jobs=k)` (one lock serialises
 its sampling calls), and removes its temporary files on `close()`, at the end of a `with` block, or when
 it is garbage-collected. See docs/samplers.md.
 """
@@ -69,8 +69,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OPTUNA_NATIVE = frozenset({"random", "tpe", "gp", "cmaes-optuna"})  # Optuna's samplers: spaces handled by Optuna
-MULTI_OBJECTIVE = frozenset({"random", "tpe", "gp"})  # the methods that support a study with several objectives
+# Optuna's samplers: spaces handled by Optuna
+OPTUNA_NATIVE = frozenset({"random", "tpe", "tpe-optuna", "gp", "cmaes-optuna"})
+MULTI_OBJECTIVE = frozenset({"random", "tpe", "tpe-optuna", "gp"})  # the methods that support several objectives
 
 
 # -- Optuna distributions -> our search space ----------------------------------------------------------
@@ -127,7 +128,8 @@ class Sampler(BaseSampler):
 
     Args:
         method: a name from `available()`: "cmaes", "smac", "centaur", "tpe", "gp", "random",
-            "cmaes-optuna", "agent-hps", "llambo", "llambo-hub", "centaur-null".
+            "cmaes-optuna", "agent-hps", "llambo", "llambo-hub", "centaur-null", and the peers
+            "tpe-optuna", "hebo", "ngopt" (hebo and ngopt need their extras).
         seed: seeds every random choice (per trial: a resumed study does not replay its draws).
         options: the method's options, as `-o NAME=VALUE` of `centaur tune` (docs/samplers.md).
         llm: for the LLM methods: an `centaur.llm.LLMClient`, `LLMSettings`, or a dict like the

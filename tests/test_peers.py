@@ -320,3 +320,28 @@ def test_ngopt_in_a_plain_optuna_program_respects_every_distribution() -> None:
         for name, d in dists.items():
             assert op.distribution_contains(d, t.params[name]), (name, t.params[name])
     assert len({tuple(t.params.items()) for t in study.trials}) > 10
+
+
+def test_ngopt_runs_a_continuous_study_that_builds_a_metamodel() -> None:
+    """NGOpt on one float picks an optimizer with a metamodel step; on NumPy >= 2.4 Nevergrad 1.0.12 raised a
+    TypeError there (centaur.methods.peers.nevergrad_compat). The study must finish, every trial inside."""
+    pytest.importorskip("nevergrad")
+    with create("ngopt", seed=0) as sampler:
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(lambda t: (t.suggest_float("x", -2, 2) - 1) ** 2, n_trials=40)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and -2 <= t.params["x"] <= 2 for t in study.trials)
+    assert study.best_value < 0.05
+
+
+def test_the_nevergrad_internals_we_patch_are_still_there() -> None:
+    """Fails when Nevergrad moves what nevergrad_compat wraps: then drop or redo the patch."""
+    pytest.importorskip("nevergrad")
+    from nevergrad.optimization import metamodel, optimizerlib
+
+    from centaur.methods.peers import nevergrad_compat
+
+    assert callable(metamodel.learn_on_k_best) and issubclass(metamodel.MetaModelFailure, Exception)
+    nevergrad_compat.patch()
+    nevergrad_compat.patch()  # once only: not wrapped twice
+    wrapped = optimizerlib.learn_on_k_best
+    assert getattr(wrapped, "_centaur_numpy24", False) and wrapped.__wrapped__ is metamodel.learn_on_k_best

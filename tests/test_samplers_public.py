@@ -30,8 +30,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LLM_METHODS = {"centaur", "agent-hps"}
-METHODS = ["random", "tpe", pytest.param("gp", marks=pytest.mark.slow), "cmaes-optuna", "cmaes", "smac", "centaur",
-           "agent-hps"]  # gp: Optuna's GPSampler fits a GP per trial (seconds each on two cores)
+METHODS = ["random", "tpe", "tpe-optuna", pytest.param("gp", marks=pytest.mark.slow), "cmaes-optuna", "cmaes", "smac",
+           "centaur", "agent-hps", "ngopt", pytest.param("hebo", marks=pytest.mark.slow)]
+# gp and hebo fit a GP per trial (seconds each on two cores)
+EXTRAS = {"smac": "smac", "gp": "torch", "ngopt": "nevergrad", "hebo": "hebo"}  # method -> the package it needs
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +48,13 @@ def make(llm_server):
     built: list[Sampler] = []
 
     def build(method: str, seed: int = 0, **options: Any) -> Sampler:
-        if method == "smac":
-            pytest.importorskip("smac")
-        if method == "gp":
-            pytest.importorskip("torch")
+        if method in EXTRAS:
+            pytest.importorskip(EXTRAS[method])
         llm = None
         if method in LLM_METHODS:
             llm = LLMSettings(base_url=llm_server.base_url, model="fake-model", max_retries=0, timeout_s=5.0)
             options = {"llm_warmup": 2, **options} if method == "centaur" else options
-        if method in ("tpe", "gp"):
+        if method in ("tpe", "tpe-optuna", "gp"):
             options = {"n_startup_trials": 4, **options}
         sampler = create(method, seed=seed, llm=llm, **options)
         built.append(sampler)

@@ -38,6 +38,7 @@ class TrialRecord:
     value: float | None  # objective of a successful trial
     cost_s: float
     noise_free: float | None = None  # surrogate studies: the value without observation noise
+    distance: float | None = None  # surrogate studies: the configuration's distance to the surrogate's data
     llm_calls: int = 0
     llm_seconds: float = 0.0
     source: str = ""  # proposal_source: the sampler's name, "baseline", "llm", "llm-fallback:<kind>", ...
@@ -189,6 +190,7 @@ def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
         value=float(t.value) if ok else None,
         cost_s=cost_of(t),
         noise_free=_finite(t.user_attrs.get("noise_free")),
+        distance=_finite(t.user_attrs.get("distance_to_data")),
         llm_calls=int(t.user_attrs.get("llm_calls", 0)),
         llm_seconds=float(t.user_attrs.get("llm_seconds", 0.0)),
         source=str(t.user_attrs.get(SOURCE_ATTR, "")),

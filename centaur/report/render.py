@@ -62,6 +62,8 @@ def method_rows_md(rows: list[MethodRow], metric: str) -> str:
         (f"best {metric} (mean ± std)", lambda r: _pm(r.best_mean, r.best_std)),
         ("noise-free at best (mean ± std)", lambda r: _pm(r.noise_free_mean, r.noise_free_std)),
         ("normalised regret (mean ± std)", lambda r: _pm(r.regret_mean, r.regret_std, 3)),
+        ("best trial's distance to the data (mean, max)",
+         lambda r: "-" if r.distance_mean is None else f"{r.distance_mean:.3f}, {r.distance_max:.3f}"),
         ("OOM% (all failures)", lambda r: f"{r.fail_pct:.1f}%"),
         ("failure classes (all seeds)",
          lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r.failures.items())) or "none"),
@@ -147,7 +149,11 @@ def instrument_text(inst: Instrument, strong: Callable[[str], str] = _bold_md,
         "configuration, 1 the defaults, negative below the best known. A pairwise comparison is marked "
         f"{emph(NOT_RESOLVED)} when the absolute paired mean difference of the noise-free values at the best trials "
         f"is smaller than the competitive-region RMSE ({rmse}): below the surrogate's own error where the "
-        "methods compete, the surrogate cannot be trusted to order the two on the real task, whatever the Wilcoxon p."
+        "methods compete, the surrogate cannot be trusted to order the two on the real task, whatever the Wilcoxon p. "
+        "The per-method table's distance of the best trial to the data says where a method's incumbents lie: "
+        "near the reference runs' trials (the best known sits at "
+        f"{f(b.get('distance_to_data'), 3)}) the surrogate interpolates what was measured; a method whose "
+        "incumbents lie farther out than the others' may be exploiting the surrogate's error rather than the task."
     )
 
 

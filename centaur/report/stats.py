@@ -38,6 +38,8 @@ class MethodRow:
     seconds_std: float | None = None
     regret_mean: float | None = None  # normalised regret of the noise-free value at the best trial
     regret_std: float | None = None
+    distance_mean: float | None = None  # surrogate studies: the best trial's distance to the surrogate's data
+    distance_max: float | None = None
 
 
 def by_method(runs: list[Run]) -> dict[str, list[Run]]:
@@ -70,6 +72,8 @@ def method_table(runs: list[Run]) -> list[MethodRow]:
         sm, ss = _mean_std(secs)
         regrets = [r.regret for r in rs if r.regret is not None]
         rm, rsd = _mean_std(regrets) if len(regrets) == len(bests) else (None, None)
+        dists = [r.best_trial.distance for r in rs if r.best_trial is not None and r.best_trial.distance is not None]
+        dm = float(np.mean(dists)) if dists and len(dists) == len(bests) else None
         llm = all(r.llm_known for r in rs)
         rows.append(MethodRow(
             method=method,
@@ -89,6 +93,8 @@ def method_table(runs: list[Run]) -> list[MethodRow]:
             seconds_std=ss,
             regret_mean=rm,
             regret_std=rsd,
+            distance_mean=dm,
+            distance_max=max(dists) if dm is not None else None,
         ))
     return sorted(rows, key=lambda r: (math.isnan(r.best_mean), r.best_mean))
 

@@ -92,6 +92,9 @@ class NgOptSampler(AskTellSampler):
         if self._opt is None or self._study_key != key:
             import nevergrad as ng
 
+            from centaur.methods.peers import nevergrad_compat
+
+            nevergrad_compat.patch()
             param = parametrization_of(self.space, self.seed, self.pow2)
             self._opt = ng.optimizers.NGOpt(param, budget=self.budget, num_workers=1)
             self._study_key, self._told, self._asked = key, set(), {}

@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 import pytest
+from method_packages import skip_without_package
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 import centaur
@@ -281,7 +282,7 @@ def test_failure_view_leaves_a_study_without_failures_and_user_constraints_alone
 # -- refusals and the public sampler API ---------------------------------------------------------------
 @pytest.mark.parametrize("method", ["ngopt", "hebo"])
 def test_peers_refuse_a_multi_objective_study(method: str) -> None:
-    pytest.importorskip({"ngopt": "nevergrad", "hebo": "hebo"}[method])
+    skip_without_package(method)
     sampler = create(method, seed=0)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
     with pytest.raises(ValueError, match="single-objective"):
@@ -297,7 +298,7 @@ def test_a_missing_library_names_the_extra(monkeypatch, method: str, module: str
 
 @pytest.mark.parametrize("method", ["ngopt", "hebo", "gp", "tpe-optuna"])
 def test_a_bad_failure_form_is_refused_by_name(method: str) -> None:
-    pytest.importorskip({"ngopt": "nevergrad", "hebo": "hebo", "gp": "torch", "tpe-optuna": "optuna"}[method])
+    skip_without_package(method)
     with pytest.raises(MethodError, match="failures"):
         create_sampler(method, MethodContext(space=SPACE, options={"failures": "ignore"}))
 

@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 import pytest
 from fake_llm_server import FakeLLMServer
+from method_packages import skip_without_package
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -33,7 +34,6 @@ LLM_METHODS = {"centaur", "agent-hps"}
 METHODS = ["random", "tpe", "tpe-optuna", pytest.param("gp", marks=pytest.mark.slow), "cmaes-optuna", "cmaes", "smac",
            "centaur", "agent-hps", "ngopt", pytest.param("hebo", marks=pytest.mark.slow)]
 # gp and hebo fit a GP per trial (seconds each on two cores)
-EXTRAS = {"smac": "smac", "gp": "torch", "ngopt": "nevergrad", "hebo": "hebo"}  # method -> the package it needs
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,7 @@ def make(llm_server):
     built: list[Sampler] = []
 
     def build(method: str, seed: int = 0, **options: Any) -> Sampler:
-        if method in EXTRAS:
-            pytest.importorskip(EXTRAS[method])
+        skip_without_package(method)
         llm = None
         if method in LLM_METHODS:
             llm = LLMSettings(base_url=llm_server.base_url, model="fake-model", max_retries=0, timeout_s=5.0)

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from centaur.api import BUNDLED_TASK, DEFAULT_METHOD, DEFAULT_RUN_ROOT, resolve_task, tune
+from centaur.entry import quiet_optuna
 from centaur.errors import USER_ERRORS
 from centaur.methods.base import MethodError, available_methods
 from centaur.runner.inject import argv_for, inject
@@ -26,6 +27,11 @@ from centaur.units import format_duration, parse_duration
 app = typer.Typer(help="Tune the hyperparameters of training scripts under a compute budget.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
+
+
+@app.callback()
+def _command_line() -> None:
+    quiet_optuna()  # for this process only: the library itself leaves Optuna's logging alone
 
 
 def _fail(e: Exception) -> None:

@@ -201,8 +201,9 @@ def _execute(jobs_list: list[CellJob], n_jobs: int, url: str,
     queue = ctx.Queue()
     stop = ctx.Event()
     interrupted = False
+    init_args = (queue, stop, optuna.logging.get_verbosity())
     with _sigterm_as_interrupt(stop), ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker,
-                                                          initargs=(queue, stop)) as pool:
+                                                          initargs=init_args) as pool:
         futures: dict[Future, CellJob] = {pool.submit(run_cell, job): job for job in jobs_list}
         pending = set(futures)
         while pending:
@@ -248,9 +249,10 @@ _QUEUE: Any = None
 _STOP: Any = None  # multiprocessing.Event: the bench was stopped, start no study
 
 
-def _init_worker(queue: Any, stop: Any) -> None:
+def _init_worker(queue: Any, stop: Any, optuna_verbosity: int) -> None:
     global _QUEUE, _STOP
     _QUEUE, _STOP = queue, stop
+    optuna.logging.set_verbosity(optuna_verbosity)  # a spawned process starts at Optuna's default, not the bench's
     from centaur.llm.local import die_with_parent
 
     die_with_parent()  # a bench killed outright (SIGKILL) must not leave its studies running on

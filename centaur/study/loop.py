@@ -61,7 +61,6 @@ from centaur.tasks.base import Task, TrialResult, TrialStatus
 from centaur.units import format_duration
 
 log = logging.getLogger(__name__)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 class StudyMismatch(ValueError):

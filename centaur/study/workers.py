@@ -389,4 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from centaur.entry import quiet_optuna
+
+    quiet_optuna()
     sys.exit(main())

@@ -20,13 +20,14 @@ from centaur.agentcode.evaluator import (
     MODEL_FILE,
     EvalResult,
     declared_evaluation,
-    load_model,
     nats_of,
     score,
     validation_windows,
 )
 from centaur.agentcode.harness import HANDOVER, handover_stub
+from centaur.agentcode.heldout import build_split
 from centaur.agentcode.loop import DECISION_ATTR, REASON_ATTR, AgentOptions, check_can_run, declares_evaluation
+from centaur.agentcode.scorer import load_model
 from centaur.api import BUNDLED_TASK, resolve_task, tune
 from centaur.llm import LLMSettings
 
@@ -44,6 +45,9 @@ def small_task(dest: Path) -> Path:
     for name in ("prepare.py", "centaur.toml"):
         shutil.copy(BUNDLED_TASK.parent / name, dest / name)
     source = BUNDLED_TASK.read_text().replace("TIME_BUDGET = 40", "TIME_BUDGET = 1")
+    # A quarter of the default batch: a step fits the task's step guard (TIME_BUDGET / 4) on a loaded core.
+    source = source.replace("TOTAL_BATCH_SIZE = 2**12", "TOTAL_BATCH_SIZE = 2**10")
+    source = source.replace("DEVICE_BATCH_SIZE = 16 ", "DEVICE_BATCH_SIZE = 4 ")
     (dest / "train.py").write_text(source.replace("EVAL_BYTES = 2**17", "EVAL_BYTES = 2**12"))
     return dest / "train.py"
 
@@ -82,7 +86,7 @@ class _Model:
         self.calls += 1
         src = np.roll(tokens, -1, axis=1) if self.peek else tokens
         out = self.table[src]
-        return out + self.calls if self.drift else out
+        return out * (1 + 0.01 * self.calls) if self.drift else out  # a changing temperature: state across calls
 
     def close(self) -> None:
         pass
@@ -91,13 +95,15 @@ class _Model:
 def test_parent_scores_and_checks_causality_and_determinism():
     val = np.random.default_rng(1).integers(0, 256, size=5000).astype(np.uint8)
     windows = validation_windows(val, 32, 1024)
-    honest: EvalResult = score(_Model(), windows, batch=8)
+    honest: EvalResult = score(_Model(), windows, val, batch=8)
     table = _Model().table
     expected = nats_of(table[windows[:, :-1]], windows[:, 1:]) / windows[:, 1:].size / math.log(2)
     assert honest.tampering == [] and honest.value == pytest.approx(expected, rel=1e-12)
-    assert honest.max_causal_diff == 0 and honest.max_repeat_diff == 0
-    assert any("not causal" in t for t in score(_Model(peek=True), windows).tampering)
-    assert any("not deterministic" in t for t in score(_Model(drift=True), windows).tampering)
+    assert honest.max_causal_diff == 0 and honest.max_repeat_diff == 0 and honest.checked_windows >= 16
+    assert any("not causal" in t for t in score(_Model(peek=True), windows, val).tampering)
+    drift = score(_Model(drift=True), windows, val).tampering
+    assert score(_Model(), windows, val).tampering == []  # a constant added to every logit changes nothing
+    assert any("not deterministic" in t for t in drift) and any("not causal" in t for t in drift)
     torch = pytest.importorskip("torch")
     logits = torch.randn(4, 7, 256)
     targets = torch.randint(0, 256, (4, 7))
@@ -131,19 +137,19 @@ def test_metric_is_computed_outside_the_edited_program(tmp_path, monkeypatch):
     assert decisions[2] == "rejected" and "not causal" in trials[2].user_attrs[REASON_ATTR]
     # (c) the forged line changes nothing: the parent's own value is recorded.
     assert trials[3].user_attrs["status"] == "ok" and trials[3].value > 1.0
-    # (a) the parent's value is the in-process evaluate_bpb of the same saved model.
+    # (a) the parent's value is the in-process evaluate_bpb of the same saved model on the held-out split.
     out = tmp_path / "runs" / result.study.study_name / "trials" / "00001"
     main = sys.modules["__main__"]
     monkeypatch.syspath_prepend(str(script.parent))
     try:
         model = load_model(out / "train.py", out / "out" / MODEL_FILE)
         module = sys.modules["__main__"]
-        _, val = module.load_split()
+        held_out = build_split(Path("unused"), "stdlib").held_out
         import torch
 
         autocast = torch.autocast(device_type="cpu", enabled=False)
-        inside = module.evaluate_bpb(model, val, 16, torch.device("cpu"), autocast)
+        inside = module.evaluate_bpb(model, held_out, 16, torch.device("cpu"), autocast)
     finally:
         sys.modules["__main__"] = main
         sys.modules.pop("prepare", None)
-    assert trials[1].value == pytest.approx(inside, rel=1e-5)
+    assert trials[1].user_attrs["agent_runs"][0] == pytest.approx(inside, rel=1e-5)

@@ -50,6 +50,8 @@ class View:
     hidden: list[Path] = field(default_factory=list)  # masked where they lie inside a read-only path
     chdir: Path | str | None = None
     mapped: list[tuple[Path, str, bool]] = field(default_factory=list)  # (host path, sandbox path, writable)
+    sealed: bool = False  # nothing writable at all: /tmp and /dev read-only too (the model process)
+    as_pid_1: bool = False  # the command is PID 1 of its namespace: no bwrap init holding its pipes
 
 
 @functools.cache
@@ -107,6 +109,8 @@ def build_argv(
     argv = [exe, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-net", "--unshare-uts",
             "--unshare-cgroup-try", "--hostname", "sandbox", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", "--clearenv"]
+    if view.as_pid_1:
+        argv.append("--as-pid-1")
     for d in _SYSTEM_DIRS:
         if os.path.islink(d):
             argv += ["--symlink", os.readlink(d), d]
@@ -124,7 +128,9 @@ def build_argv(
         read_only = _dedupe([*python_paths(), *view.read_only])
         for p in read_only:
             argv += ["--ro-bind", str(p), str(p)]
-        masks = [h for h in _dedupe(view.hidden) if _under(h, read_only)]  # others are not in the view anyway
+        system = _dedupe(Path(d) for d in _SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d))
+        # Others are not in the view anyway.
+        masks = [h for h in _dedupe(view.hidden) if _under(h, [*system, *read_only])]
         for hidden in masks:
             if hidden.is_dir():
                 argv += ["--tmpfs", str(hidden)]
@@ -138,6 +144,8 @@ def build_argv(
         for src, dest, writable in view.mapped:  # at neutral paths: the run directory's path is not shown
             argv += ["--bind" if writable else "--ro-bind", str(Path(src).resolve()), dest]
         argv += ["--remount-ro", "/"]  # the folders bwrap made for the mount points: not a scratch space
+        if view.sealed:  # no place to keep anything between two processes of the sandbox
+            argv += ["--remount-ro", "/tmp", "--remount-ro", "/dev", "--remount-ro", "/run"]
         if view.chdir is not None:
             argv += ["--chdir", str(view.chdir)]
     for key, value in env.items():

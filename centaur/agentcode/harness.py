@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from centaur.runner.launch import _apply_gpu_memory_fraction
 
 TAG = "@@centaur-metric"
+EXEC_MARK = "__centaur_exec__"  # tagged when the edited code starts: its training time is measured from here
 REPORTER = "__centaur_report__"
 HANDOVER = "__centaur_handover__"
 
@@ -137,6 +138,7 @@ def main() -> None:
                  REPORTER: _reporter(token, fd)}
     if handover:
         namespace[HANDOVER] = _handover(handover["path"], namespace)
+    os.write(fd, f"\n{TAG} {token} {EXEC_MARK}\n".encode())
     del token
     exec(code, namespace)
 

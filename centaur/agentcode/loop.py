@@ -10,13 +10,16 @@ failed) and why. The best script lives in the study's user attributes, so runnin
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +35,12 @@ from centaur.agentcode.evaluator import (
     Evaluation,
     declared_evaluation,
     evaluate_out_of_process,
-    training_view,
     validation_windows,
 )
+from centaur.agentcode.heldout import Split, build_split, masks, write_training_view
 from centaur.agentcode.integrity import Protection, check_output, check_source
 from centaur.agentcode.prompt import SYSTEM_PROMPT, Experiment, build_prompt
-from centaur.agentcode.sandbox import limits, model_process, network_isolation, run_isolated
+from centaur.agentcode.sandbox import gpu_visible, limits, model_process, network_isolation, run_isolated
 from centaur.llm import LLMClient, LLMError, LLMUnavailable
 from centaur.llm.local import LLMSetupError
 from centaur.methods.base import CONFIG_ATTR, SOURCE_ATTR, MethodContext, MethodError
@@ -71,12 +74,31 @@ DIFF_ATTR = "agent_diff"
 REASON_ATTR = "agent_reason"
 RETRY_OF_ATTR = "retry_of"  # set by the study on a queued retry of a lost trial
 MAX_DIFF_CHARS = 20_000
+DATA_DIR = "/data"  # where the training run sees its corpus folder (a neutral path)
+BEST_RUNS_ATTR = "agent_code:best_runs"  # the values of the best script's runs (its value is their mean)
+NOISE_PAIRS_ATTR = "agent_code:noise_pairs"  # pairs of values of the same script run twice
+NOISE_ATTR = "agent_code:noise_sd"  # the standard deviation of one run, from the pairs
+MARGIN_ATTR = "agent_code:margin"  # what an edit must improve on the best by to be kept
+OVERHEAD_ATTR = "agent_code:handover_overhead_s"  # the baseline's time past TIME_BUDGET to the hand-over
+RULE_ATTR = "agent_code:rule"
 OPTIONS = frozenset(
     {"protect", "time_budget_name", "max_tokens", "temperature", "max_rejected_in_row", "isolate_network",
-     "unsafe", "trust_script_metric", "grace_s", "max_processes", "read_only"}
+     "unsafe", "trust_script_metric", "grace_s", "max_processes", "read_only", "min_margin", "overrun_s",
+     "batch_timeout_s"}
 )
 UNSAFE_HINT = "-o unsafe=true (CLI: --unsafe-agent-code)"
 TRUST_HINT = "-o trust_script_metric=true (CLI: --trust-script-metric)"
+
+
+RULE = ("an edit is run again when its first run beats the best by more than the margin, and kept when the mean "
+        "of its two runs does; margin = max(2 x noise_sd, min_margin x |baseline|), noise_sd = sqrt(mean(d^2) / 2) "
+        "over the differences d of pairs of runs of one script (the baseline is run twice)")
+
+
+def noise_sd(pairs: list[list[float]]) -> float:
+    """The standard deviation of one run, from pairs of runs of the same script: sqrt(mean(d^2) / 2)."""
+    d2 = [(a - b) ** 2 for a, b in pairs]
+    return math.sqrt(sum(d2) / len(d2) / 2) if d2 else 0.0
 
 
 def _flag(value: Any) -> bool:
@@ -100,6 +122,9 @@ class AgentOptions:
     grace_s: float | None = None  # the run is stopped at TIME_BUDGET + grace; None: max(30 s, budget / 2)
     max_processes: int | None = None  # processes + threads of one run; None: sandbox.MAX_PROCESSES
     read_only: list[str] = field(default_factory=list)  # more host paths the run may read (data sets)
+    min_margin: float = 0.01  # the least improvement kept, relative to the baseline's value
+    overrun_s: float | None = None  # hand-over later than the baseline's by this is flagged; None: max(3, budget/10)
+    batch_timeout_s: float = 60.0  # the model process's limit per batch (load the model, one forward)
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> AgentOptions:
@@ -128,6 +153,12 @@ class AgentOptions:
                     raise ValueError("grace_s must be >= 0")
             if options.get("max_processes") is not None:
                 out.max_processes = int(options["max_processes"])
+            for name in ("min_margin", "overrun_s", "batch_timeout_s"):
+                if options.get(name) is not None:
+                    setattr(out, name, float(options[name]))
+                    if not getattr(out, name) >= 0 or (name == "batch_timeout_s" and not out.batch_timeout_s > 0):
+                        raise ValueError(f"{name} must be {'> 0' if name == 'batch_timeout_s' else '>= 0'}, got "
+                                         f"{options[name]!r}")
             if "read_only" in options:
                 value = options["read_only"]
                 out.read_only = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else [
@@ -175,6 +206,8 @@ class CodeAgent:
         self.protection = self._protection()
         self.modules = sorted(p.stem for p in task.script.parent.glob("*.py") if p != task.script)
         self.evaluation: Evaluation | None = declared_evaluation(task.script)
+        self._split: Split | None = None  # agent-code's split of the corpus (the held-out part stays here)
+        self._view: Path | None = None  # the training run's corpus folder, temporary
 
     # -- setup -----------------------------------------------------------------------------------
     def _protection(self) -> Protection:
@@ -231,6 +264,12 @@ class CodeAgent:
             log.warning("agent-code: the metric is what the edited program prints; it is protected only by the "
                         "sandbox and the AST checks (trust_script_metric=true)")
         self._prepare_data()
+        try:
+            return self._loop(budget_s=budget_s, n_trials=n_trials, progress=progress)
+        finally:
+            self._cleanup()
+
+    def _loop(self, *, budget_s: float | None, n_trials: int | None, progress: ProgressHook | None) -> TuneResult:
         stop = StopFlag()
         summary = summarize(self.study)
         if progress:
@@ -289,13 +328,18 @@ class CodeAgent:
         else:
             try:
                 with Heartbeat(self.study, op.trial_id(trial)):
-                    result, tampering = self._evaluate(candidate.source, trial.number)
+                    result, tampering, runs = self._runs(candidate.source, trial.number, baseline)
             except KeyboardInterrupt:
                 record_result(self.study, trial, TrialResult(TrialStatus.LOST, error="interrupted"), self.penalty)
                 raise
-            decision = self._decide(result, tampering, baseline)
+            decision = self._decide(result, tampering, baseline, runs)
+            if runs:
+                trial.set_user_attr("agent_runs", runs)
+            if not baseline and result.status is TrialStatus.OK and not tampering and self.best_value is not None:
+                trial.set_user_attr("agent_margin", self.margin())
+                trial.set_user_attr("agent_improvement", self.best_value - float(result.value))
             if tampering:
-                result = TrialResult(TrialStatus.INVALID, cost_s=result.wall_s, wall_s=result.wall_s,
+                result = TrialResult(TrialStatus.INVALID, cost_s=result.cost_s, wall_s=result.wall_s,
                                      metrics=result.metrics, error="tampering: " + "; ".join(tampering),
                                      log_path=result.log_path, extra=result.extra)
         reason = redact(candidate.reason or result.error)
@@ -304,8 +348,63 @@ class CodeAgent:
             trial.set_user_attr(REASON_ATTR, reason[:1000])
         record_result(self.study, trial, result, self.penalty)
         if decision in ("kept", "baseline") and result.status is TrialStatus.OK:
-            self._keep(candidate.source or self.original, result.value, trial.number)
+            self._keep(candidate.source or self.original, runs or [float(result.value)], trial.number)
         return decision
+
+    # -- noise: an edit is kept only when it beats the best by more than two runs differ ------------
+    def _runs(self, source: str, number: int, baseline: bool) -> tuple[TrialResult, list[str], list[float]]:
+        """Run the script; run it again when it is the baseline (the noise of honest runs) or when its
+        first run beats the best by more than the margin (the confirmation). The trial's value is the mean
+        of its runs; `runs` holds them (one run that could not be repeated is never kept)."""
+        first, tampering = self._evaluate(source, number)
+        if first.status is not TrialStatus.OK or tampering or first.value is None:
+            return first, tampering, []
+        runs = [float(first.value)]
+        if baseline and "handover_overrun_s" in first.extra:
+            self.study.set_user_attr(OVERHEAD_ATTR, first.extra["handover_overrun_s"])
+        if not baseline and not runs[0] < self._best_mean() - self.margin():
+            return first, tampering, runs
+        again, more = self._evaluate(source, number, run=1)
+        cost = first.cost_s + again.cost_s
+        if more:
+            return replace(again, cost_s=cost, wall_s=cost), more, runs
+        if again.status is not TrialStatus.OK or again.value is None:
+            extra = {**first.extra, "rerun_status": again.status.value, "rerun_error": again.error}
+            return replace(first, cost_s=cost, wall_s=cost, extra=extra), [], runs
+        runs.append(float(again.value))
+        if baseline and "handover_overrun_s" in again.extra:  # the slower of the two sets the allowance
+            self.study.set_user_attr(OVERHEAD_ATTR, max(first.extra["handover_overrun_s"],
+                                                        again.extra["handover_overrun_s"]))
+        self._add_noise_pair(runs[0], runs[1])
+        mean = sum(runs) / len(runs)
+        return replace(first, value=mean, cost_s=cost, wall_s=cost, metrics={**first.metrics, self.task.metric: mean},
+                       extra={**first.extra, "runs": runs}), [], runs
+
+    def _best_mean(self) -> float:
+        best = self.best_value
+        return math.inf if best is None else best
+
+    def _add_noise_pair(self, a: float, b: float) -> None:
+        pairs = [list(p) for p in self.study.user_attrs.get(NOISE_PAIRS_ATTR, [])] + [[a, b]]
+        self.study.set_user_attr(NOISE_PAIRS_ATTR, pairs)
+        self.study.set_user_attr(NOISE_ATTR, noise_sd(pairs))
+        self.study.set_user_attr(MARGIN_ATTR, self.margin())
+        self.study.set_user_attr(RULE_ATTR, RULE)
+
+    def margin(self) -> float:
+        """max(2 x the noise of one run, min_margin x |baseline|): the difference of a mean of two runs and
+        the best's mean of two has the standard deviation of one run."""
+        sd = self.study.user_attrs.get(NOISE_ATTR)
+        base = self._baseline_value()
+        floor = self.options.min_margin * abs(base) if base is not None else 0.0
+        return max(2.0 * float(sd) if sd is not None else 0.0, floor)
+
+    def _baseline_value(self) -> float | None:
+        for t in self.study.get_trials(deepcopy=False):
+            ok = t.value is not None and t.user_attrs.get("status") == "ok"
+            if ok and t.user_attrs.get(DECISION_ATTR) == "baseline":
+                return float(t.value)
+        return self.best_value
 
     def _retry(self, number: Any) -> Candidate:
         lost = next((t for t in self.study.get_trials(deepcopy=False) if t.number == number), None)
@@ -434,28 +533,69 @@ class CodeAgent:
             hidden.append(Path(self.storage[len("journal:"):]).expanduser())
         return hidden
 
-    def _evaluate(self, source: str, number: int) -> tuple[TrialResult, list[str]]:
-        task = self.task
+    def _split_view(self) -> tuple[Split, Path]:
+        """Agent-code's split of the corpus (heldout.py) and the folder the training run reads it from,
+        built once per run of the agent in a temporary folder (a neutral path, outside the run directory)."""
+        if self._split is None:
+            real = Path(self._data_paths()[1]["CENTAUR_DATA_DIR"])
+            self._split = build_split(real, self._corpus())
+            self._view = Path(tempfile.mkdtemp(prefix="centaur-data-"))
+            write_training_view(self._split, self._corpus(), self._view)
+        assert self._view is not None
+        return self._split, self._view
+
+    def _cleanup(self) -> None:
+        if self._view is not None:
+            shutil.rmtree(self._view, ignore_errors=True)
+            self._view, self._split = None, None
+
+    def _evaluate(self, source: str, number: int, run: int = 0) -> tuple[TrialResult, list[str]]:
+        """One run of `source`, in a staging folder outside the run directory (nothing the sandbox sees
+        names it); its outputs are then moved to trials/NNNNN (trials/NNNNN/runR for a repeated run)."""
         trial_dir = self.run_dir / "trials" / f"{number:05d}"
+        if run:
+            trial_dir = trial_dir / f"run{run}"
         trial_dir.mkdir(parents=True, exist_ok=True)
-        work_copy = trial_dir / task.script.name
-        work_copy.write_text(source, encoding="utf-8")
+        (trial_dir / self.task.script.name).write_text(source, encoding="utf-8")
+        stage = Path(tempfile.mkdtemp(prefix="centaur-trial-"))
+        try:
+            work_copy = stage / self.task.script.name
+            work_copy.write_text(source, encoding="utf-8")
+            result, tampering = self._run_staged(work_copy, trial_dir)
+        finally:
+            out = trial_dir / "out"
+            if out.exists():
+                shutil.rmtree(out, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                shutil.move(str(stage / "out"), str(out))
+            shutil.rmtree(stage, ignore_errors=True)
+        return result, tampering
+
+    def _run_staged(self, work_copy: Path, trial_dir: Path) -> tuple[TrialResult, list[str]]:
+        task = self.task
         runner = task.config.runner
         timeout, grace = self.time_limit()
         read_only, data_env = self._data_paths()
         hidden = self._hidden_paths()
-        if self.evaluation is not None and "CENTAUR_DATA_DIR" in data_env:
-            # The training run sees the training split and a placeholder for the validation split.
+        mapped: list[tuple[Path, str]] = []
+        declared = self.evaluation is not None and "CENTAUR_DATA_DIR" in data_env
+        if declared:
+            # The training run sees the training split and a placeholder for the held-out split; the
+            # held-out packages are hidden in every Python installation of the view.
             real = Path(data_env["CENTAUR_DATA_DIR"])
-            view = training_view(real, self._corpus(), self.run_dir / "data_view")
-            read_only = [p for p in read_only if p.resolve() != real.resolve()] + [view]
-            data_env = {**data_env, "CENTAUR_DATA_DIR": str(view.resolve())}
-            hidden.append(real)
+            split, view = self._split_view()
+            read_only = [p for p in read_only if p.resolve() != real.resolve()]
+            hidden += [real, *masks(split.held_out_names)]
+            if self.options.unsafe:
+                data_env = {**data_env, "CENTAUR_DATA_DIR": str(view)}
+            else:
+                mapped.append((view, DATA_DIR))
+                data_env = {**data_env, "CENTAUR_DATA_DIR": DATA_DIR}
         proc = run_isolated(
             work_copy,
             task_dir=task.script.parent,
             log_path=trial_dir / "trial.log",
-            out_dir=trial_dir / "out",
+            out_dir=work_copy.parent / "out",
             timeout_s=timeout,
             memory_cap_bytes=runner.memory_cap_bytes,
             gpu_memory_fraction=runner.gpu_memory_fraction,
@@ -468,9 +608,10 @@ class CodeAgent:
             hidden=hidden,
             **({"max_processes": self.options.max_processes} if self.options.max_processes else {}),
             handover=FUNCTION if self.evaluation is not None else None,
+            mapped=mapped,
         )
         if self.evaluation is not None:
-            return self._evaluate_handed_over(proc, work_copy, read_only, hidden, {**task.extra_env, **data_env},
+            return self._evaluate_handed_over(proc, work_copy, trial_dir, hidden, {**task.extra_env, **data_env},
                                               timeout, grace)
         outcome = classify(proc.returncode, proc.output, task.metric, timed_out=proc.timed_out)
         tampering = [f"wrote {name}" for name in proc.tampered_files]
@@ -507,7 +648,7 @@ class CodeAgent:
     def _corpus(self) -> str:
         return self.task.extra_env.get("CENTAUR_GPT_CORPUS") or os.environ.get("CENTAUR_GPT_CORPUS") or "stdlib"
 
-    def _evaluate_handed_over(self, proc: Any, work_copy: Path, read_only: list[Path], hidden: list[Path],
+    def _evaluate_handed_over(self, proc: Any, work_copy: Path, trial_dir: Path, hidden: list[Path],
                               env: dict[str, str], timeout: float | None, grace: float | None
                               ) -> tuple[TrialResult, list[str]]:
         """The declared evaluation, outside the edited program: the training run handed its model over
@@ -532,32 +673,64 @@ class CodeAgent:
                 status, error = TrialStatus.INVALID, f"the run ended without handing a model to {FUNCTION}()"
             return TrialResult(status, cost_s=proc.wall_s, wall_s=proc.wall_s, error=redact(error),
                                log_path=str(proc.log_path), extra=extra), tampering
+        tampering += self._overrun(proc, extra)
         seq_len, eval_bytes = self.evaluation.settings({**os.environ, **env})
-        real = self._data_paths()[1].get("CENTAUR_DATA_DIR")
-        import numpy as np
-
-        val = np.fromfile(Path(str(real)) / self._corpus() / "val.bin", dtype=np.uint8)
-        windows = validation_windows(val, seq_len, eval_bytes)
-        command, penv = model_process(work_copy, model, task_dir=task.script.parent, extra_env=env,
-                                      sandbox=not self.options.unsafe, read_only=read_only, hidden=hidden)
+        split, _ = self._split_view()
+        windows = validation_windows(split.held_out, seq_len, eval_bytes)
+        model_env = {k: v for k, v in env.items() if k != "CENTAUR_DATA_DIR"}
+        command, penv = model_process(work_copy, model, task_dir=task.script.parent, extra_env=model_env,
+                                      batch_timeout_s=self.options.batch_timeout_s, modules=self.modules,
+                                      sandbox=not self.options.unsafe, hidden=hidden)
         runner = task.config.runner
         scored = evaluate_out_of_process(
-            command, windows, env=penv, cwd=work_copy.parent, log_path=work_copy.parent / "evaluation.log",
-            timeout_s=float(task.trial_timeout_s or 600), preexec_fn=limits(runner.memory_cap_bytes),
+            command, windows, split.held_out, env=penv, cwd=Path("/"), log_path=trial_dir / "evaluation.log",
+            timeout_s=float(task.trial_timeout_s or 600), preexec_fn=limits(runner.memory_cap_bytes, no_queues=True),
+            device="cuda" if gpu_visible() else "cpu",
         )
         cost = proc.wall_s + scored.seconds
         extra.update({"evaluation_seconds": round(scored.seconds, 3), "scoring_seconds": round(scored.score_seconds, 3),
-                      "causal_max_diff": scored.max_causal_diff,
-                      "repeat_max_diff": scored.max_repeat_diff})
+                      "max_batch_seconds": round(scored.max_batch_seconds, 3), "eval_batches": scored.batches,
+                      "checked_windows": scored.checked_windows, "causal_max_diff": scored.max_causal_diff,
+                      "causal_gain": scored.causal_gain, "repeat_max_diff": scored.max_repeat_diff})
         if scored.error or scored.value is None:
-            return TrialResult(TrialStatus.INVALID, cost_s=cost, wall_s=cost, error=redact(scored.error),
+            error = redact(scored.error) or ""
+            if "tampering:" in error:
+                tampering.append(error.split("tampering:", 1)[1].strip())
+            return TrialResult(TrialStatus.INVALID, cost_s=cost, wall_s=cost, error=error,
                                log_path=str(proc.log_path), extra=extra), tampering
         tampering += scored.tampering
         metrics = {metric: scored.value, "training_seconds": proc.wall_s, "evaluation_seconds": scored.seconds}
         return TrialResult(TrialStatus.OK, scored.value, cost_s=cost, wall_s=cost, metrics=metrics,
                            log_path=str(proc.log_path), extra=extra), tampering
 
-    def _decide(self, result: TrialResult, tampering: list[str], baseline: bool) -> str:
+    def _overrun(self, proc: Any, extra: dict[str, Any]) -> list[str]:
+        """The hand-over came later after TIME_BUDGET than the baseline's (its start-up, warm-up and hand-over)
+        plus `overrun_s`: the edit trained past the budget. The time is measured from the start of the edited
+        code (the harness's mark), so the interpreter's start-up does not count."""
+        budget = self.protection.time_budget
+        if budget is None:
+            return []
+        since = proc.wall_s - (proc.exec_s or 0.0)
+        over = since - budget
+        extra["handover_overrun_s"] = round(over, 3)
+        known = self.study.user_attrs.get(OVERHEAD_ATTR)
+        if known is None:  # the baseline: it sets what start-up and hand-over take
+            return []
+        allowed = float(known) + self._overrun_allowance()
+        extra["handover_allowed_s"] = round(allowed, 3)
+        if over > allowed:
+            return [f"trained past the budget: handed the model over {over:.1f} s after TIME_BUDGET ({budget:g} s) "
+                    f"from the start of the edited code; the baseline needed {float(known):.1f} s, and "
+                    f"{self._overrun_allowance():g} s more is allowed (-o overrun_s)"]
+        return []
+
+    def _overrun_allowance(self) -> float:
+        if self.options.overrun_s is not None:
+            return self.options.overrun_s
+        return max(3.0, 0.1 * float(self.protection.time_budget or 0.0))
+
+    def _decide(self, result: TrialResult, tampering: list[str], baseline: bool, runs: list[float]) -> str:
+        """Kept: two runs whose mean beats the best's mean by more than the margin (RULE)."""
         if tampering:
             return "rejected"
         if result.status is not TrialStatus.OK:
@@ -565,11 +738,17 @@ class CodeAgent:
         if baseline:
             return "baseline"
         best = self.best_value
-        return "kept" if best is None or (result.value is not None and result.value < best) else "reverted"
+        if best is None:
+            return "kept"
+        confirmed = len(runs) >= 2 and result.value is not None and result.value < best - self.margin()
+        return "kept" if confirmed else "reverted"
 
-    def _keep(self, source: str, value: float | None, number: int) -> None:
+    def _keep(self, source: str, runs: list[float], number: int) -> None:
         self.study.set_user_attr(BEST_SOURCE_ATTR, source)
-        self.study.set_user_attr(BEST_VALUE_ATTR, value)
+        self.study.set_user_attr(BEST_VALUE_ATTR, sum(runs) / len(runs))
+        self.study.set_user_attr(BEST_RUNS_ATTR, runs)
+        self.study.set_user_attr(MARGIN_ATTR, self.margin())
+        self.study.set_user_attr(RULE_ATTR, RULE)
         self.study.set_user_attr(BEST_TRIAL_ATTR, number)
         path = self.run_dir / f"best_{self.task.script.name}"
         tmp = path.with_suffix(".tmp")

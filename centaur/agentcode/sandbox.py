@@ -29,7 +29,7 @@ import psutil
 
 from centaur.agentcode.bwrap import PACKAGE_ROOT, View, build_argv
 from centaur.agentcode.evaluator import MODEL_FILE
-from centaur.agentcode.harness import TAG
+from centaur.agentcode.harness import EXEC_MARK, TAG
 from centaur.runner.process import ProcessResult, read_tail, scrubbed_environment, spawn_and_wait
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,13 @@ class SandboxResult(ProcessResult):
     token: str | None = None
     reported: dict[str, float] | None = None  # the protected statements' metric lines (tagged with the token)
     limit: str | None = None  # why the watchdog ended the run
+    exec_s: float | None = None  # seconds from the launch to the start of the edited code (the harness's mark)
 
 
-def _limits(memory_cap_bytes: int | None, max_processes: int | None):
+def _limits(memory_cap_bytes: int | None, max_processes: int | None, no_queues: bool = False):
     def apply() -> None:
+        if no_queues:  # POSIX message queues outlive their processes: none for the model process
+            resource.setrlimit(resource.RLIMIT_MSGQUEUE, (0, 0))
         if memory_cap_bytes:  # soft = hard: the script cannot raise it again
             resource.setrlimit(resource.RLIMIT_DATA, (memory_cap_bytes, memory_cap_bytes))
         resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_CAP, FILE_SIZE_CAP))
@@ -134,6 +137,7 @@ class _TagScanner:
         self.prefix = f"{TAG} {token} ".encode()
         self.partial = b""
         self.lines: list[str] = []
+        self.exec_at: float | None = None
 
     def feed(self, data: bytes) -> None:
         data = self.partial + data.replace(b"\r", b"\n")
@@ -142,7 +146,11 @@ class _TagScanner:
             self.partial = b""
         for line in complete:
             if line.startswith(self.prefix):
-                self.lines.append(line[len(self.prefix):].decode(errors="replace"))
+                text = line[len(self.prefix):].decode(errors="replace")
+                if text.strip() == EXEC_MARK:
+                    self.exec_at = self.exec_at or time.monotonic()
+                    continue
+                self.lines.append(text)
                 del self.lines[:-64]
 
     def text(self) -> str:
@@ -207,6 +215,7 @@ def run_isolated(
     python: str = sys.executable,
     tail_bytes: int = 256 * 1024,
     handover: str | None = None,
+    mapped: Sequence[tuple[Path, str]] = (),
 ) -> SandboxResult:
     """Run `script` (a copy in its own trial directory) with `out_dir` (default: a folder `out` beside
     it) as its working directory and only writable place, the task directory importable read-only.
@@ -216,7 +225,8 @@ def run_isolated(
     (`SandboxResult.reported`), see harness.py. With `sandbox` False (the user's explicit choice) it
     runs outside bubblewrap with the older, weaker protections. With `handover` (a function name), the
     harness replaces that protected function by a stub that saves the model it gets to
-    `out_dir/evaluator.MODEL_FILE` and ends the run (the out-of-process evaluation, evaluator.py)."""
+    `out_dir/evaluator.MODEL_FILE` and ends the run (the out-of-process evaluation, evaluator.py).
+    `mapped` folders appear read-only at the given sandbox paths (the data view at a neutral path)."""
     out_dir = out_dir or script.parent / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     env = scrubbed_environment(os.environ)  # always scrubbed: the script's author is a model
@@ -247,7 +257,8 @@ def run_isolated(
         if handover:
             env["CENTAUR_HANDOVER"] = json.dumps({"function": handover, "path": f"{inner_out}/{MODEL_FILE}"})
         view = View(read_only=[task_dir, *read_only], hidden=list(hidden), chdir=inner_out,
-                    mapped=[(script, inner_script, False), (out_dir, inner_out, True)])
+                    mapped=[(script, inner_script, False), (out_dir, inner_out, True),
+                            *((src, dest, False) for src, dest in mapped)])
         command = build_argv(command, view, env=env)
         network_isolated = True
     elif isolate_network:
@@ -261,6 +272,7 @@ def run_isolated(
     before = snapshot(task_dir)
     scanner = _TagScanner(token) if token else None
     watchdog = _Watchdog(max_processes, memory_cap_bytes * 4 if memory_cap_bytes else None) if sandbox else None
+    launched = time.monotonic()
     try:
         returncode, timed_out, wall = spawn_and_wait(
             command, cwd=out_dir, env=env, log_path=log_path, timeout_s=timeout_s,
@@ -292,6 +304,7 @@ def run_isolated(
         token=token,
         reported=reported,
         limit=watchdog.reason if watchdog else None,
+        exec_s=scanner.exec_at - launched if scanner is not None and scanner.exec_at is not None else None,
     )
 
 
@@ -300,35 +313,47 @@ def model_process(
     model: Path,
     *,
     task_dir: Path,
+    batch_timeout_s: float,
     extra_env: Mapping[str, str] | None = None,
+    modules: Sequence[str] = (),
     sandbox: bool = True,
-    read_only: Sequence[Path] = (),
     hidden: Sequence[Path] = (),
     python: str = sys.executable,
 ) -> tuple[list[str], dict[str, str]]:
-    """The command and environment of the model process (evaluator.py) for the edited `script` and the
-    model it handed over: in its own sandbox, with the script and the model read-only and nothing
-    writable (it answers forward passes on a pipe; it never sees the validation data or the targets)."""
+    """The command and environment of the model process (scorer.py) for the edited `script` and the
+    model it handed over: in its own sealed sandbox, as its PID 1, with the script and the model
+    read-only, the task's folder and nothing else of the user's (no data: no training split, no
+    held-out split), and nothing writable. It answers forward passes on a pipe, one fresh child per batch."""
     env = scrubbed_environment(os.environ)
     env.update(dict(extra_env or {}))
+    env.pop("CENTAUR_DATA_DIR", None)
     env.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONSAFEPATH": "1",
-                "PYTHONPATH": os.pathsep.join([_PACKAGE_ROOT, str(task_dir)])})
+                "PYTHONPATH": os.pathsep.join([_PACKAGE_ROOT, str(task_dir)]),
+                "CENTAUR_TASK_MODULES": ",".join(modules)})
+    args = ["-m", "centaur.agentcode.scorer"]
     if not sandbox:
-        return [python, "-m", "centaur.agentcode.evaluator", str(script), str(model)], env
+        return [python, *args, str(script), str(model), f"{batch_timeout_s:g}"], env
     inner_script, inner_model = f"{SANDBOX_DIR}/{script.name}", f"{SANDBOX_DIR}/{MODEL_FILE}"
     env.update({"HOME": "/tmp", "TMPDIR": "/tmp", "XDG_CACHE_HOME": "/tmp/.cache", "MPLCONFIGDIR": "/tmp/.mpl",
                 "TORCHINDUCTOR_CACHE_DIR": "/tmp/.inductor", "TRITON_CACHE_DIR": "/tmp/.triton"})
     for name in ("TMP", "TEMP"):
         env.pop(name, None)
-    view = View(read_only=[task_dir, *read_only], hidden=list(hidden), chdir="/tmp",
+    view = View(read_only=[task_dir], hidden=list(hidden), chdir="/", sealed=True, as_pid_1=True,
                 mapped=[(script, inner_script, False), (model, inner_model, False)])
-    command = [python, "-m", "centaur.agentcode.evaluator", inner_script, inner_model]
+    command = [python, *args, inner_script, inner_model, f"{batch_timeout_s:g}"]
     return build_argv(command, view, env=env), env
 
 
-def limits(memory_cap_bytes: int | None, max_processes: int | None = MAX_PROCESSES):
+def gpu_visible() -> bool:
+    """Whether a GPU is passed into the sandboxes (the scorer's tolerances depend on it)."""
+    import glob
+
+    return bool(glob.glob("/dev/nvidia[0-9]*")) and os.environ.get("CUDA_VISIBLE_DEVICES", "0") not in ("", "-1")
+
+
+def limits(memory_cap_bytes: int | None, max_processes: int | None = MAX_PROCESSES, *, no_queues: bool = False):
     """The rlimits of a sandboxed process, as a preexec function."""
-    return _limits(memory_cap_bytes, max_processes)
+    return _limits(memory_cap_bytes, max_processes, no_queues)
 
 
 def reported_lines(output: str, token: str) -> str:

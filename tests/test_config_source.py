@@ -248,10 +248,12 @@ def test_tune_with_a_command_python_script_args(tmp_path):
     assert len(trials) == 3
     for t in trials:
         argv = shlex.split((trial_dir(t) / "command.txt").read_text())
-        assert argv[1:3] == [str(trial_dir(t) / "train.py"), "--epochs=2"]
+        # {script} is the starter that runs the work copy and records the values it parsed
+        assert argv[1:3] == [str(trial_dir(t) / "centaur_launch.py"), "--epochs=2"]
+        assert repr(str(trial_dir(t) / "train.py")) in (trial_dir(t) / "centaur_launch.py").read_text()
         assert argv[3:] == shlex.split((trial_dir(t) / "args.txt").read_text())
         assert "epoch=2 " in Path(t.user_attrs["log"]).read_text()
-        assert not (trial_dir(t) / "centaur_argv.py").exists()
+        assert t.user_attrs["verified"] == "verified"
 
 
 def test_tune_with_a_command_python_m_package(tmp_path):
@@ -265,6 +267,8 @@ def test_tune_with_a_command_python_m_package(tmp_path):
         assert "run as mypkg.train" in log  # the package's module, with its relative import
         argv = shlex.split((trial_dir(t) / "command.txt").read_text())
         assert argv[1:3] == ["-m", "mypkg.train"] and f"--lr={t.user_attrs['config']['lr']!r}" in argv
+        assert t.user_attrs["verified"] == "unverified"  # no {script}: the trial's process runs none of ours
+        assert "does not run {script}" in t.user_attrs["verify_note"]
 
 
 def test_command_with_gpu_memory_fraction_runs_a_starter_and_a_config_path(tmp_path):

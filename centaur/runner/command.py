@@ -78,15 +78,15 @@ def command_argv(words: Sequence[str], values: Mapping[str, str], args: Sequence
 STARTER = "centaur_launch.py"
 
 
-def starter_source(work_copy: str) -> str:
-    """A file that `{script}` names when `[runner] gpu_memory_fraction` is set: it applies the fraction in
-    each process the command starts (torchrun's workers too), then runs the work copy as __main__."""
+def starter_source(work_copy: str, spec: str | None = None) -> str:
+    """The file `{script}` names: it applies `[runner] gpu_memory_fraction` in each process the command
+    starts (torchrun's workers too), then runs the work copy as __main__, recording the values it used
+    when `spec` (the trial's verification spec, centaur.runner.observe) is given."""
     return (
-        "# Written by centaur: applies [runner] gpu_memory_fraction, then runs the trial's work copy.\n"
-        "import os\nimport runpy\nimport sys\n\n"
-        "from centaur.runner.launch import _apply_gpu_memory_fraction\n\n"
+        "# Written by centaur: applies [runner] gpu_memory_fraction, then runs the trial's work copy\n"
+        "# and records the values it used (centaur.runner.observe).\n"
+        "from centaur.runner.launch import _apply_gpu_memory_fraction\n"
+        "from centaur.runner.observe import run_observed\n\n"
         "_apply_gpu_memory_fraction()\n"
-        f"sys.argv[0] = {work_copy!r}\n"
-        f"sys.path[0] = os.path.dirname({work_copy!r})\n"
-        f"runpy.run_path({work_copy!r}, run_name='__main__')\n"
+        f"run_observed({work_copy!r}, {spec!r})\n"
     )

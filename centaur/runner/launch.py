@@ -1,14 +1,17 @@
 """Launcher run in the trial subprocess: applies limits that must be set inside the process before
 the user's script starts (a CUDA memory fraction), then runs the script as __main__.
 
-Usage: python -m centaur.runner.launch SCRIPT [ARGS...]
+Usage: python -m centaur.runner.launch [--verify SPEC] SCRIPT [ARGS...]
+
+With `--verify`, the values the script really used are recorded beside SPEC (centaur.runner.observe).
 """
 
 from __future__ import annotations
 
 import os
-import runpy
 import sys
+
+from centaur.runner.observe import run_observed
 
 
 def _apply_gpu_memory_fraction() -> None:
@@ -25,13 +28,16 @@ def _apply_gpu_memory_fraction() -> None:
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        sys.exit("usage: python -m centaur.runner.launch SCRIPT [ARGS...]")
-    script = os.path.abspath(sys.argv[1])
+    args = sys.argv[1:]
+    spec = None
+    if args[:1] == ["--verify"] and len(args) >= 2:
+        spec, args = args[1], args[2:]
+    if not args:
+        sys.exit("usage: python -m centaur.runner.launch [--verify SPEC] SCRIPT [ARGS...]")
+    script = os.path.abspath(args[0])
     _apply_gpu_memory_fraction()
-    sys.argv = [script, *sys.argv[2:]]
-    sys.path[0] = os.path.dirname(script)
-    runpy.run_path(script, run_name="__main__")
+    sys.argv = [script, *args[1:]]
+    run_observed(script, spec)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -167,8 +167,12 @@ def run_script(
     on_line: Callable[[str], None] | None = None,
     stop: StopRequest | None = None,
     command: list[str] | None = None,
+    args: Sequence[str] = (),
+    verify_spec: Path | None = None,
 ) -> ProcessResult:
-    """Run `script` through the launcher; stdout and stderr go to `log_path` (capped, see the module).
+    """Run `script` through the launcher, with `args` as its command-line arguments and, with
+    `verify_spec`, recording the values it used (centaur.runner.observe); stdout and stderr go to
+    `log_path` (capped, see the module).
     `command` (the argv of a `[runner] command`, placeholders filled) is run instead of the launcher, with
     the same working directory, environment, memory cap, process group and cleanup; the GPU memory
     fraction is then only in CENTAUR_CUDA_MEM_FRACTION (the launcher applies it, a command does not).
@@ -187,8 +191,9 @@ def run_script(
         env["CENTAUR_CUDA_MEM_FRACTION"] = str(gpu_memory_fraction)
     env.update(extra)
     scanner = MetricScanner()
+    launcher = [python, "-m", "centaur.runner.launch", *(["--verify", str(verify_spec)] if verify_spec else [])]
     returncode, timed_out, wall = spawn_and_wait(
-        list(command) if command else [python, "-m", "centaur.runner.launch", str(script)],
+        list(command) if command else [*launcher, str(script), *args],
         cwd=cwd, env=env, log_path=log_path, timeout_s=timeout_s, preexec_fn=_limits(memory_cap_bytes),
         on_output=scanner.feed, on_line=on_line, stop=stop,
     )

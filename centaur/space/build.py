@@ -22,6 +22,7 @@ from centaur.space.curated import (
     heuristic_param,
 )
 from centaur.space.extract import ScriptError, find_assignments, read_script, sibling_constants
+from centaur.space.overrides import check_command, find_configurator
 from centaur.space.params import KINDS, Param, SearchSpace, SpaceError
 from centaur.space.sources import Argument, find_arguments, find_globals, named_param, tuned_by_default
 
@@ -122,6 +123,9 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
     space.source_reason = found_in.reason  # type: ignore[attr-defined]
     space.arguments = found_in.arguments  # type: ignore[attr-defined]  # argparse: dest -> Argument
     space.config_file = found_in.config_file  # type: ignore[attr-defined]  # config: the parsed file
+    configurator = find_configurator(source, script) if found_in.kind == "globals" else None
+    space.configurator = configurator  # type: ignore[attr-defined]  # applies --key=value: values also passed last
+    space.override_note = _check_overrides(config, space, script, configurator, found_in.kind, toml)  # type: ignore[attr-defined]
     if params and (problems := space.violations(space.defaults())):
         raise SpaceError(f"{script.name}: the script's own values are not a valid configuration: {'; '.join(problems)}")
     return space
@@ -249,6 +253,20 @@ def _check_command(config: ProjectConfig, found: Found, toml: Path) -> None:
     elif "script" not in used:
         raise ConfigError(f"{shown}: has no {{script}}: the {found.kind} source writes the trial's values into the "
                           "work copy of the script, which only runs as {script}")  # fmt: skip
+
+
+def _check_overrides(config: ProjectConfig, space: SearchSpace, script: Path, configurator: str | None, kind: str,
+                     toml: Path) -> str:  # fmt: skip
+    """Refuse a `[runner] command` that sets a tuned name where the trial's value cannot win
+    (centaur.space.overrides); the note `centaur space` shows when the values are passed last."""
+    if not config.runner.command:
+        return ""
+    from centaur.runner.command import parse_command
+
+    where = f"{toml}: [runner] command"
+    tuned = {p.name for p in space.params} | set(space.fixed)
+    return check_command(parse_command(config.runner.command), tuned, kind=kind, configurator=configurator,
+                         script_dir=script.parent, where=where)  # fmt: skip
 
 
 def _config_key_error(cfg: ConfigFile, name: str, found: set[str], toml: Path) -> ConfigError:

@@ -113,7 +113,7 @@ def load_config_file(path: Path, shown: str, inject: str, where: str) -> ConfigF
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{where} = {json.dumps(shown)}: cannot read {path}: {e}") from None
     try:
-        data = _parse(text, fmt)
+        data = parse_config_text(text, fmt)
     except ConfigError as e:
         raise ConfigError(f"{where} = {json.dumps(shown)}: {path} is not valid {fmt.upper()}: {e}") from None
     if not isinstance(data, dict):
@@ -173,7 +173,8 @@ def _yaml_loader() -> type:
     return Loader
 
 
-def _parse(text: str, fmt: str) -> Any:
+def parse_config_text(text: str, fmt: str) -> Any:
+    """The data of a config file's text in `fmt` (yaml, json, toml); raises ConfigError."""
     if fmt == "json":
         try:
             return json.loads(text)

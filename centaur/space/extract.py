@@ -117,3 +117,27 @@ def constant_assignment(node: ast.AST, name_re: re.Pattern[str]) -> Assignment |
     return Assignment(
         target.id, v, value.lineno, value.end_lineno or value.lineno, value.col_offset, value.end_col_offset or 0
     )
+
+
+def module_level_names(source: str, filename: str = "<script>") -> set[str]:
+    """Names assigned by statements that run at module level (also inside module-level if/try/with/for)."""
+    tree = parse_script(source, filename)
+    names: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+            for attr in ("body", "orelse", "finalbody", "handlers"):
+                inner = getattr(node, attr, None)
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    break
+                if isinstance(inner, list):
+                    visit([n for n in inner if isinstance(n, ast.stmt)] + [
+                        s for h in inner if isinstance(h, ast.ExceptHandler) for s in h.body
+                    ])  # fmt: skip
+
+    visit(tree.body)
+    return names

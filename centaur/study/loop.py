@@ -323,6 +323,11 @@ def _hopeless(trial: FrozenTrial | optuna.Trial, result: TrialResult, streak: _F
     if result.status is TrialStatus.OK or result.status is TrialStatus.LOST:
         streak.add(result)
         return None
+    if result.status is TrialStatus.OVERRIDDEN:
+        return (
+            f"trial {trial.number} did not run the values the study records: {result.error}{_log_excerpt(result)}\n"
+            "The study is intact; fix the cause and run the same command again"
+        )
     if trial.user_attrs.get(SOURCE_ATTR) == "baseline" and result.status is not TrialStatus.OOM:
         return (
             f"the baseline (trial {trial.number}, the script's own values) failed: {result.status.value}: "
@@ -406,7 +411,7 @@ def run_worker(
                 progress.on_trial_end(frozen, summary)
             if result.extra.get(STATUS_ATTR) == PRUNED_STATUS:
                 same_failures.reset()  # it ran: whatever failed before, this configuration did not
-            elif not keep_going:
+            elif not keep_going or result.status is TrialStatus.OVERRIDDEN:  # never run on with values that did not run
                 hopeless = _hopeless(frozen, result, same_failures)
                 if hopeless:
                     if progress:

@@ -20,6 +20,7 @@ class TrialStatus(enum.StrEnum):
     DIVERGED = "diverged"  # NaN/inf loss or the script's own FAIL marker
     INVALID = "invalid"  # configuration rejected before or at start-up (constraint, syntax error, import)
     LOST = "lost"  # the worker running it died; set by the study, never by a task
+    OVERRIDDEN = "overridden"  # the script ran other values than the ones written (centaur.runner.verify)
 
     @property
     def failed(self) -> bool:

@@ -17,26 +17,25 @@ from centaur.config import ProjectConfig, config_path_for, load_config
 from centaur.hardware import describe_hardware
 from centaur.paths import absolute_path
 from centaur.runner import classify, inject, run_script
-from centaur.runner.command import STARTER, command_argv, parse_command, starter_source
+from centaur.runner.command import STARTER, command_argv, parse_command, placeholders, starter_source
 from centaur.runner.inject import argv_for, retarget_paths
 from centaur.runner.outcome import metric_file_values, metric_values, reduce_values
 from centaur.runner.progress import ProgressPattern, ProgressReader, TrialWatch, current_watch
+from centaur.runner.verify import (
+    OVERRIDDEN,
+    OVERRIDDEN_FIX,
+    VerificationPlan,
+    judge,
+    plan_for_script,
+    read_observations,
+)
 from centaur.space import SearchSpace, load_space
 from centaur.space.configfile import override_args
+from centaur.space.overrides import command_setters, configurator_args, script_setters
+from centaur.study.schema import VERIFIED_ATTR, VERIFY_NOTE_ATTR
 from centaur.tasks.base import TrialResult, TrialStatus
 
 DEFAULT_TIMEOUT_S = 3600.0
-ARGV_SHIM = "centaur_argv.py"
-
-
-def _argv_shim(work_copy: Path, args: list[str]) -> str:
-    """A starter that runs the work copy as __main__ with the trial's command-line arguments."""
-    return (
-        f"# Written by centaur: runs {work_copy.name} with this trial's arguments (see args.txt).\n"
-        "import runpy\nimport sys\n\n"
-        f"sys.argv = [{str(work_copy)!r}, *{args!r}]\n"
-        f"runpy.run_path({str(work_copy)!r}, run_name='__main__')\n"
-    )
 
 
 @dataclass
@@ -112,13 +111,13 @@ class ScriptTask:
     def evaluate_at(self, config: dict[str, Any], trial_dir: Path, overrides: dict[str, Any] | None = None
                     ) -> TrialResult:  # fmt: skip
         """One run of the script with `config` in `trial_dir`; `overrides`: values of untuned parameters
-        for this run (a fidelity's short schedule)."""
+        for this run (a fidelity's short schedule). The run records what it really used, and a trial whose
+        values did not run is OVERRIDDEN (centaur.runner.verify)."""
         trial_dir.mkdir(parents=True, exist_ok=True)
         work_copy = trial_dir / self.script.name
-        source = self.script.read_text(encoding="utf-8")
+        original = source = self.script.read_text(encoding="utf-8")
         config = {**config, **(overrides or {})}
         values = {**config, **self.space.fixed}
-        target = work_copy
         config_file = getattr(self.space, "config_file", None)
         config_copy: Path | None = None
         args = self.trial_args(config)
@@ -131,18 +130,59 @@ class ScriptTask:
             literals = config_file.literals(self.script.parent)
             source = retarget_paths(source, literals, str(config_copy), str(self.script))[0]
         if self._passes_args():
-            work_copy.write_text(source, encoding="utf-8")
             (trial_dir / "args.txt").write_text(shlex.join(args) + "\n", encoding="utf-8")
-            if not self.config.runner.command:
-                target = trial_dir / ARGV_SHIM
-                target.write_text(_argv_shim(work_copy, args), encoding="utf-8")
-        elif config_file is not None:
-            work_copy.write_text(source, encoding="utf-8")
-        else:
-            work_copy.write_text(inject(source, values, str(self.script)), encoding="utf-8")
-        command = self._trial_command(work_copy, trial_dir, args, config_copy)
+        elif config_file is None:
+            source = inject(source, values, str(self.script))
+            if args:  # a configurator that applies --key=value after config files: the values also go last
+                (trial_dir / "args.txt").write_text(shlex.join(args) + "\n", encoding="utf-8")
+        work_copy.write_text(source, encoding="utf-8")
+        plan = self._verification_plan(original, values, config_copy)
+        spec = plan.write(trial_dir) if plan.observes else None
+        command = self._trial_command(work_copy, trial_dir, args, config_copy, spec)
         self._clear_metric_file(trial_dir)
-        return self._read_metric(self.run_work_copy(target, trial_dir, command=command), trial_dir)
+        result = self.run_work_copy(work_copy, trial_dir, command=command, args=args, verify_spec=spec)
+        return self._verified(self._read_metric(result, trial_dir), plan, trial_dir, original)
+
+    def _verification_plan(self, source: str, values: dict[str, Any], config_copy: Path | None
+                           ) -> VerificationPlan:  # fmt: skip
+        """What this trial's process checks, by the space's source."""
+        kind = getattr(self.space, "source", "constants")
+        config_file = getattr(self.space, "config_file", None)
+        if config_file is not None:
+            plan = VerificationPlan()
+            if config_file.inject == "overrides":
+                plan.unverifiable = dict.fromkeys(values, "key.path=value overrides are applied by the script's "
+                                                  "config library, where centaur cannot see them")  # fmt: skip
+            else:
+                plan.spec.update(config_copy=str(config_copy), config_original=str(config_file.path))
+        elif kind == "argparse":
+            plan = VerificationPlan(spec={"arguments": dict(values)})
+        else:
+            plan = plan_for_script(source, str(self.script), values)
+        if self.config.runner.command and "script" not in placeholders(parse_command(self.config.runner.command)):
+            unseen = "[runner] command does not run {script}, so the trial's process cannot be observed"
+            names = [*plan.spec.get("globals", {}), *plan.spec.get("arguments", {})]
+            return VerificationPlan(unverifiable={**plan.unverifiable, **dict.fromkeys(names or values, unseen)})
+        return plan
+
+    def _verified(self, result: TrialResult, plan: VerificationPlan, trial_dir: Path, source: str) -> TrialResult:
+        """`result` with its verdict; an OVERRIDDEN trial is no result of its recorded values."""
+        names = {*plan.spec.get("globals", {}), *plan.spec.get("arguments", {})}
+        setters = script_setters(source, names, str(self.script))
+        if self.config.runner.command:
+            words = [w for w in parse_command(self.config.runner.command) if "{" not in w]
+            setters.update(command_setters(words, names, self.script.parent))
+        reason = "the run was stopped before its module finished" if result.status is TrialStatus.TIMEOUT else ""
+        verdict = judge(plan, read_observations(trial_dir), setters=setters, reason_unseen=reason)
+        extra = {**result.extra, VERIFIED_ATTR: verdict.state}
+        if verdict.note:
+            extra[VERIFY_NOTE_ATTR] = verdict.note[:500]
+        if verdict.state != OVERRIDDEN:
+            return dataclasses.replace(result, extra=extra)
+        return dataclasses.replace(
+            result, status=TrialStatus.OVERRIDDEN, value=None, cost_s=result.wall_s, extra=extra,
+            error=f"the values that ran are not the trial's: {verdict.note}. Fix: {OVERRIDDEN_FIX}",
+        )  # fmt: skip
 
     def _passes_args(self) -> bool:
         """Whether a trial's values go on the command line (argparse options, config overrides)."""
@@ -150,16 +190,18 @@ class ScriptTask:
         source = getattr(self.space, "source", "constants")
         return source == "argparse" or (config_file is not None and config_file.inject == "overrides")
 
-    def _trial_command(self, work_copy: Path, trial_dir: Path, args: list[str], config_copy: Path | None
-                       ) -> list[str] | None:  # fmt: skip
+    def _trial_command(self, work_copy: Path, trial_dir: Path, args: list[str], config_copy: Path | None,
+                       spec: Path | None) -> list[str] | None:  # fmt: skip
         """The argv of `[runner] command` for this trial (kept in command.txt); None without one."""
         text = self.config.runner.command
         if not text:
             return None
         script = work_copy
-        if self.config.runner.gpu_memory_fraction is not None:
-            script = trial_dir / STARTER  # applies the fraction in every process, then runs the work copy
-            script.write_text(starter_source(str(work_copy)), encoding="utf-8")
+        if self.config.runner.gpu_memory_fraction is not None or spec is not None:
+            # The starter applies the fraction and records the values used, in every process, then runs
+            # the work copy.
+            script = trial_dir / STARTER
+            script.write_text(starter_source(str(work_copy), str(spec) if spec else None), encoding="utf-8")
         values = {"python": sys.executable, "script": str(script)}
         if config_copy is not None:
             values["config"] = str(config_copy)
@@ -180,10 +222,13 @@ class ScriptTask:
 
     def trial_args(self, config: dict[str, Any]) -> list[str]:
         """The command-line arguments of a trial: the argparse options of `config`, the `key.path=value`
-        overrides of the `config` source (none for the other sources)."""
+        overrides of the `config` source, `--name=value` for a script whose configurator applies them to
+        its globals (none for the other sources)."""
         arguments = getattr(self.space, "arguments", {})
         if self._passes_args() and getattr(self.space, "source", "constants") == "config":
             return override_args({**config, **self.space.fixed})
+        if getattr(self.space, "configurator", None):
+            return configurator_args({**config, **self.space.fixed})  # applied last, over config files
         if getattr(self.space, "source", "constants") != "argparse":
             return []
         return argv_for(arguments, {**config, **self.space.fixed})
@@ -252,9 +297,11 @@ class ScriptTask:
         return dataclasses.replace(result, status=TrialStatus.OK, value=value, cost_s=cost, metrics=metrics,
                                    error=None, extra=extra)  # fmt: skip
 
-    def run_work_copy(self, work_copy: Path, trial_dir: Path, command: list[str] | None = None) -> TrialResult:
+    def run_work_copy(self, work_copy: Path, trial_dir: Path, command: list[str] | None = None,
+                      args: list[str] | None = None, verify_spec: Path | None = None) -> TrialResult:  # fmt: skip
         """Run an already written work copy (also used by the code-editing agent); `command`: the argv of
-        `[runner] command`, run instead of the launcher."""
+        `[runner] command`, run instead of the launcher; `args`: the script's arguments under the launcher;
+        `verify_spec`: record the values the run used (centaur.runner.observe)."""
         runner = self.config.runner
         env = {"PYTHONPATH": str(self.script.parent), **self.extra_env}  # sibling modules (prepare.py) import
         if command and (self.script.parent / "__init__.py").is_file():
@@ -285,6 +332,8 @@ class ScriptTask:
             on_line=reader.feed_line if reader is not None else None,
             stop=watch.stop if watch is not None else None,
             command=command,
+            args=args or (),
+            verify_spec=verify_spec,
         )
         outcome = classify(proc.returncode, proc.output, self.metric, timed_out=proc.timed_out, metrics=proc.metrics)
         wall = time.monotonic() - start

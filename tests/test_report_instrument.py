@@ -19,17 +19,30 @@ from centaur.study.storage import open_storage
 TRIALS = Path("/work/shared/data/paper_trials_seeds01.json")
 needs_trials = pytest.mark.skipif(not TRIALS.is_file(), reason="the reference study's trials file is not here")
 
-BEST, BASE, RMSE = 0.970, 0.990, 0.005
+BEST, BASE, RMSE, LORO_RMSE = 0.970, 0.990, 0.005, 0.001
 
 
-def _record(comp_rmse: float = RMSE) -> dict[str, Any]:
-    return {"key": {"data_sha256": "x" * 64, "fit_options": {"n_models": 5}},
-            "loro": {"folds": 16, "competitive_below": 0.99,
-                     "all": {"n": 4000, "spearman_pooled": 0.96, "spearman_mean": 0.88, "rmse_pooled": 0.026},
-                     "competitive": {"n": 1000, "spearman_pooled": 0.73, "spearman_mean": 0.57,
-                                     "folds_with_spearman": 8, "rmse_pooled": comp_rmse}},
-            "best_known": {"value": BEST, "config": {"DEPTH": 6}, "distance_to_data": 0.12, "evaluations": 5000},
-            "baseline": {"value": BASE, "config": {"DEPTH": 8}, "feasible": True}}
+def _record(comp_rmse: float | None = RMSE) -> dict[str, Any]:
+    """A record whose cross-seed competitive RMSE is COMP_RMSE (None: an old record, LORO only, at RMSE)."""
+    loro_rmse = LORO_RMSE if comp_rmse is not None else RMSE
+    rec = {"key": {"data_sha256": "x" * 64, "fit_options": {"n_models": 5}},
+           "loro": {"folds": 16, "competitive_below": 0.99,
+                    "all": {"n": 4000, "spearman_pooled": 0.96, "spearman_mean": 0.88, "rmse_pooled": 0.026},
+                    "competitive": {"n": 1000, "spearman_pooled": 0.73, "spearman_mean": 0.57,
+                                    "folds_with_spearman": 8, "rmse_pooled": loro_rmse}},
+           "best_known": {"value": BEST, "config": {"DEPTH": 6}, "distance_to_data": 0.12, "evaluations": 5000},
+           "baseline": {"value": BASE, "config": {"DEPTH": 8}, "feasible": True}}
+    if comp_rmse is not None:
+        rec["cross_seed"] = {
+            "folds": 2, "competitive_below": 0.99,
+            "all": {"n": 4000, "spearman_pooled": 0.97, "spearman_mean": 0.97, "rmse_pooled": 0.028},
+            "competitive": {"n": 1070, "spearman_pooled": 0.79, "spearman_mean": 0.79, "folds_with_spearman": 2,
+                            "rmse_pooled": comp_rmse, "bias_pooled": 0.001, "max_abs_bias": 0.0042,
+                            "bias_min_n": 10},
+            "runs": [{"name": "TPE s1", "comp_n": 170, "comp_spearman": 0.65, "comp_rmse": 0.0064,
+                      "comp_bias": 0.0042},
+                     {"name": "SMAC s0", "comp_n": 3, "comp_spearman": 0.5, "comp_rmse": 0.02, "comp_bias": -0.02}]}
+    return rec
 
 
 # method -> seed -> noise-free value of its only (hence best) successful trial
@@ -98,7 +111,7 @@ def test_regret_and_the_not_resolved_mark(tmp_path: Path) -> None:
         cell = methods[m]["normalised regret (mean ± std)"]
         assert cell == f"{statistics.mean(regrets):.3f} ± {statistics.pstdev(regrets):.3f}"
     pairs = {r["A vs B"]: r for r in _table_rows(md, "A vs B")}
-    column = "resolution (abs Δ noise-free vs LORO RMSE)"
+    column = "resolution (abs Δ noise-free vs cross-seed RMSE)"
     ab = pairs["a vs b"]
     delta_ab = statistics.mean(x - y for x, y in zip(NF["a"], NF["b"], strict=True))
     assert ab["Δ noise-free"] == f"{delta_ab:+.4f}" and abs(delta_ab) < RMSE
@@ -108,6 +121,9 @@ def test_regret_and_the_not_resolved_mark(tmp_path: Path) -> None:
         assert NOT_RESOLVED not in pairs[name][column] and pairs[name][column].startswith("resolved")
     assert "## Instrument resolution" in md and "1 of 3 comparisons are not resolved" in md
     assert f"RMSE **{RMSE:.4f}**" in md and f"**{BEST:.4f}**" in md and f"**{BASE:.4f}**" in md
+    # both fidelities are printed; the marks follow the cross-seed one (a LORO mark at 0.001 would resolve a vs b)
+    assert f"RMSE {LORO_RMSE:.4f}" in md and "Leave-one-run-out validation" in md
+    assert "TPE s1 0.65 / 0.0064 / +0.0042 (n = 170)" in md and "SMAC s0" not in md  # 3 trials: no bias claim
     runs_table = {(r["method"], r["seed"]): r for r in _table_rows(md, "study")}
     assert runs_table[("c", "0")]["regret"] == f"{(NF['c'][0] - BEST) / (BASE - BEST):.3f}"
 
@@ -116,6 +132,16 @@ def test_regret_and_the_not_resolved_mark(tmp_path: Path) -> None:
     _write(url2, NF, _record(comp_rmse=0.05))
     md2 = build_report(runs_from_storage(url2), tmp_path / "out2", title="toy", source=url2).markdown.read_text()
     assert all(NOT_RESOLVED in r[column] for r in _table_rows(md2, "A vs B"))
+
+    # a record written before the cross-seed validation existed still marks, against its LORO RMSE, and says so
+    url3 = f"journal:{tmp_path / 'd.journal'}"
+    _write(url3, NF, _record(comp_rmse=None))
+    runs3 = runs_from_storage(url3)
+    assert all(r.instrument is not None and r.instrument.resolution_basis == "leave-one-run-out" for r in runs3)
+    md3 = build_report(runs3, tmp_path / "out3", title="toy", source=url3).markdown.read_text()
+    pairs3 = {r["A vs B"]: r for r in _table_rows(md3, "A vs B")}
+    assert NOT_RESOLVED in pairs3["a vs b"]["resolution (abs Δ noise-free vs LORO RMSE)"]
+    assert "predates the cross-seed validation" in md3
 
 
 def test_the_best_trials_distance_to_the_data(tmp_path: Path) -> None:
@@ -198,11 +224,21 @@ def _fake_holdout(calls: list[int]) -> Any:
 
     def fake(path: Any, kinds: Any, **kw: Any) -> dict[str, Any]:
         calls.append(1)
+        assert tuple(kinds) == ("run", "seed")
         pooled = {"n": 3971, "spearman": 0.966, "rmse": 0.0261, "feas_acc": 0.999, "comp_n": 1070,
-                  "comp_spearman": 0.728, "comp_rmse": 0.0050}
+                  "comp_spearman": 0.728, "comp_rmse": 0.0036, "comp_bias": 0.0001}
         mean = {"spearman": 0.878, "comp_spearman": 0.573}
-        return {"holdout": {"run": {"folds": [{}] * 16, "pooled": pooled, "mean": mean,
-                                    "n_defined": {"spearman": 16, "comp_spearman": 8}}}}
+        seed = {"n": 4009, "spearman": 0.973, "rmse": 0.0276, "feas_acc": 0.998, "comp_n": 1070,
+                "comp_spearman": 0.796, "comp_rmse": 0.0050, "comp_bias": 0.0012}
+        runs = [{"name": "TPE s1", "n": 300, "spearman": 0.9, "comp_n": 173, "comp_spearman": 0.65,
+                 "comp_rmse": 0.0064, "comp_bias": 0.0041}]
+        return {"holdout": {
+            "run": {"folds": [{}] * 16, "pooled": pooled, "mean": mean, "n_defined": {"spearman": 16,
+                                                                                      "comp_spearman": 8}},
+            "seed": {"folds": [{}] * 2, "runs": runs, "pooled": seed, "mean": {"spearman": 0.975,
+                                                                                "comp_spearman": 0.797},
+                     "n_defined": {"spearman": 2, "comp_spearman": 2}, "max_abs_comp_bias": 0.0041,
+                     "bias_min_n": 10}}}
 
     return fake
 
@@ -232,7 +268,9 @@ def test_the_record_is_cached_beside_the_model_and_reused(tmp_path: Path, small_
     assert cache.name == "surrogate-model.instrument.json"
     rec = ins.instrument_for(small_model, TRIALS, cache=cache, settings=settings)
     assert calls == [1] and cache.is_file()
-    assert rec.comp_rmse == 0.0050 and rec.loro["competitive"]["spearman_mean"] == 0.573
+    assert rec.comp_rmse == 0.0050 and rec.resolution_basis == "cross-seed"  # the cross-seed one, not LORO's
+    assert rec.loro_comp_rmse == 0.0036 and rec.loro["competitive"]["spearman_mean"] == 0.573
+    assert rec.cross_seed["runs"][0]["comp_bias"] == 0.0041 and rec.cross_seed["competitive"]["max_abs_bias"] == 0.0041
     assert rec.key["data_sha256"] == small_model.meta["data_sha256"]
     assert rec.key["fit_options"]["n_estimators"] == 60
     # the best known is a configuration the bench can run, in support and feasible, with the value it has
@@ -278,8 +316,10 @@ def test_cli_prints_and_writes_the_record(tmp_path: Path, small_model: Any, monk
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     rec = json.loads((tmp_path / "r.json").read_text())
-    assert rec["loro"]["competitive"]["rmse_pooled"] == 0.005 and (tmp_path / "m.instrument.json").is_file()
+    assert rec["cross_seed"]["competitive"]["rmse_pooled"] == 0.005 and (tmp_path / "m.instrument.json").is_file()
+    assert rec["loro"]["competitive"]["rmse_pooled"] == 0.0036
     assert "best known" in res.output and f"{rec['best_known']['value']:.4f}" in res.output
+    assert "0.0050: cross-seed competitive RMSE" in res.output and "TPE s1" in res.output and "+0.0041" in res.output
     res2 = CliRunner().invoke(app, args)
     assert res2.exit_code == 0 and "read from the cache" in res2.output and calls == [1]
 

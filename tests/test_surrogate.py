@@ -382,6 +382,17 @@ def test_leave_one_run_out_and_seed_out_score_novel_configurations(tmp_path: Pat
         assert 0.3 < p["spearman"] <= 1.0 and 0 < p["rmse"] < 0.05 and 0.8 < p["feas_acc"] <= 1.0
         assert not math.isnan(p["comp_spearman"]) and p["comp_rmse"] > 0
         assert set(res["mean"]) >= {"spearman", "comp_spearman", "rmse", "feas_acc"}
+    # the cross-seed hold-out is also scored per held-out run: the runs partition each seed's novel trials
+    assert [r["name"] for r in seed["runs"]] == [f"{m} s{s}" for s in (0, 1) for m in "ABC"]
+    for key in ("n_test", "n", "comp_n"):
+        assert sum(r[key] for r in seed["runs"]) == seed["pooled"][key]
+    comp = [r for r in seed["runs"] if r["comp_n"]]
+    weighted = sum(r["comp_bias"] * r["comp_n"] for r in comp) / sum(r["comp_n"] for r in comp)
+    assert seed["pooled"]["comp_bias"] == pytest.approx(weighted)
+    big = [abs(r["comp_bias"]) for r in seed["runs"] if r["comp_n"] >= seed["bias_min_n"]]
+    assert big and seed["max_abs_comp_bias"] == max(big)
+    assert run["runs"] == [] and run["max_abs_comp_bias"] == pytest.approx(max(
+        abs(f["comp_bias"]) for f in run["folds"] if f["comp_n"] >= run["bias_min_n"]))
 
 
 def test_cli_validate_prints_holdout_splits_in_80_columns(tmp_path: Path) -> None:
@@ -395,6 +406,7 @@ def test_cli_validate_prints_holdout_splits_in_80_columns(tmp_path: Path) -> Non
                                   "--json", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
     assert "leave-one-run-out: novel configurations" in res.output and "leave-one-seed-out" in res.output
+    assert "per run" in res.output and "max |bias|" in res.output
     assert "val_bpb < 0.99" in res.output and "pooled" in res.output and "Traceback" not in res.output
     assert max(len(line) for line in res.output.splitlines()) <= 80
     assert set(json.loads((tmp_path / "r.json").read_text())["holdout"]) == {"run", "seed"}

@@ -106,8 +106,13 @@ def pairs_md(pairs: list[PairStat]) -> str:
     header = ["A vs B", "n", "mean A", "mean B", "Δ = A − B", "95% bootstrap CI of Δ", "seeds A better / B better",
               "p two-sided", "p one-sided (A < B)", "test", "conclusion"]
     if resolution:
-        header += ["Δ noise-free", "resolution (abs Δ noise-free vs LORO RMSE)"]
+        header += ["Δ noise-free", f"resolution (abs Δ noise-free vs {_basis(pairs)} RMSE)"]
     return _table(header, body)
+
+
+def _basis(pairs: list[PairStat]) -> str:
+    """Which held-out RMSE the marks use: cross-seed, or LORO when a record predates the cross-seed one."""
+    return "LORO" if any(p.resolution_basis == "leave-one-run-out" for p in pairs) else "cross-seed"
 
 
 def _bold_md(text: str) -> str:
@@ -123,24 +128,49 @@ def instrument_text(inst: Instrument, strong: Callable[[str], str] = _bold_md,
     """The "Instrument resolution" paragraph: how finely the surrogate resolves differences, and where the
     normalised regret's 0 and 1 are. STRONG marks the numbers that matter and EMPH the terms defined
     (Markdown by default)."""
-    comp, whole = inst.loro.get("competitive", {}), inst.loro.get("all", {})
     b = inst.best_known
 
     def f(x: object, nd: int = 4) -> str:
         return f"{x:.{nd}f}" if isinstance(x, (int, float)) else "-"
 
+    def fidelity(rec: dict, what: str, mark: bool) -> str:
+        comp, whole = rec.get("competitive", {}), rec.get("all", {})
+        s = strong if mark else str
+        return (f"{what}: in the competitive region (true val_bpb < {rec.get('competitive_below', 0.99)}, "
+                f"n = {comp.get('n', '?')}) RMSE {s(f(comp.get('rmse_pooled')))} and Spearman "
+                f"{s(f(comp.get('spearman_pooled'), 3))} pooled ({f(comp.get('spearman_mean'), 3)} as the mean of "
+                f"{comp.get('folds_with_spearman', '?')} folds); over all {whole.get('n', '?')} successful trials "
+                f"RMSE {f(whole.get('rmse_pooled'))}, Spearman {f(whole.get('spearman_pooled'), 3)}")
+
+    def signed(x: object) -> str:
+        return f"{x:+.4f}" if isinstance(x, (int, float)) else "-"
+
     rmse = f(inst.comp_rmse)
+    cross = inst.resolution_basis == "cross-seed"
+    parts = []
+    if cross:
+        cs = inst.cross_seed
+        worst = cs.get("competitive", {}).get("max_abs_bias")
+        min_n = cs.get("competitive", {}).get("bias_min_n") or 10
+        runs = [r for r in cs.get("runs", []) if (r.get("comp_n") or 0) >= min_n]
+        per_run = "; ".join(f"{r['name']} {f(r.get('comp_spearman'), 2)} / {f(r.get('comp_rmse'))} / "
+                            f"{signed(r.get('comp_bias'))} (n = {r['comp_n']})" for r in runs)
+        parts.append(fidelity(cs, "Cross-seed validation of this surrogate (fitted on one seed of the reference "
+                                  "study, predicting the other seed's novel configurations; the resolution)", True)
+                     + (f". Per held-out run, competitive Spearman / RMSE / bias (predicted − true): {per_run}; "
+                        f"largest |bias| {strong(f(worst))} (runs with at least {min_n} competitive trials)"
+                        if runs else "") + ". ")
+    parts.append(fidelity(inst.loro, f"Leave-one-run-out validation ({inst.loro.get('folds', '?')} folds, each "
+                          "run held out and predicted by a fit on the others, novel configurations only"
+                          + ("; finer than across seeds, because the other seed's run of the same method is "
+                             "in every training set)" if cross else "; this record predates the cross-seed "
+                             "validation and the resolution is read from it)"), not cross) + ". ")
     support = inst.extra.get("support_threshold")
     evals = b.get("evaluations")
     evals_txt = f"{evals:,}" if isinstance(evals, int) else "?"
-    return (
-        f"Leave-one-run-out validation of this surrogate ({inst.loro.get('folds', '?')} folds, each run of the "
-        "reference study held out and predicted by a fit on the others, novel configurations only): in the "
-        f"competitive region (true val_bpb < {inst.loro.get('competitive_below', 0.99)}, n = {comp.get('n', '?')}) "
-        f"RMSE {strong(rmse)} and Spearman {strong(f(comp.get('spearman_pooled'), 3))} pooled "
-        f"({f(comp.get('spearman_mean'), 3)} as the mean of {comp.get('folds_with_spearman', '?')} folds); over "
-        f"all {whole.get('n', '?')} successful trials RMSE {f(whole.get('rmse_pooled'))}, Spearman "
-        f"{f(whole.get('spearman_pooled'), 3)}. Best known in-support noise-free value "
+    basis = "cross-seed" if cross else "leave-one-run-out"
+    return "".join(parts) + (
+        f"Best known in-support noise-free value "
         f"{strong(f(inst.best_value))} (CMA-ES on the noise-free surrogate, {evals_txt} "
         f"evaluations; distance to the data {f(b.get('distance_to_data'), 3)}"
         + (f", support threshold {f(support, 3)}" if support is not None else "")
@@ -148,7 +178,7 @@ def instrument_text(inst: Instrument, strong: Callable[[str], str] = _bold_md,
         "(noise-free value at the best trial − best known) / (baseline − best known): 0 is the best known "
         "configuration, 1 the defaults, negative below the best known. A pairwise comparison is marked "
         f"{emph(NOT_RESOLVED)} when the absolute paired mean difference of the noise-free values at the best trials "
-        f"is smaller than the competitive-region RMSE ({rmse}): below the surrogate's own error where the "
+        f"is smaller than the {basis} competitive-region RMSE ({rmse}): below the surrogate's own error where the "
         "methods compete, the surrogate cannot be trusted to order the two on the real task, whatever the Wilcoxon p. "
         "The per-method table's distance of the best trial to the data says where a method's incumbents lie: "
         "near the reference runs' trials (the best known sits at "

@@ -168,6 +168,7 @@ class PairStat:
     nf_n: int = 0
     nf_delta: float | None = None
     resolution_rmse: float | None = None
+    resolution_basis: str | None = None  # "cross-seed", or "leave-one-run-out" from a record that predates it
 
     @property
     def can_be_significant(self) -> bool:
@@ -202,6 +203,7 @@ def pairwise(runs: list[Run], order: list[str] | None = None, *, seed: int = 0,
         pair = _pair(a, b, xa, xb, seed, n_resamples)
         pair.nf_n, pair.nf_delta = _noise_free_delta(groups[a], groups[b])
         pair.resolution_rmse = resolution_rmse(groups[a] + groups[b])
+        pair.resolution_basis = resolution_basis(groups[a] + groups[b])
         out.append(pair)
     return out
 
@@ -225,6 +227,12 @@ def instruments(runs: list[Run]) -> list[Instrument]:
         if r.instrument is not None:
             seen.setdefault(r.instrument.fingerprint, r.instrument)
     return list(seen.values())
+
+
+def resolution_basis(runs: list[Run]) -> str | None:
+    """The hold-out the runs' resolution is read from: LORO if any record predates the cross-seed one."""
+    bases = {r.instrument.resolution_basis for r in runs if r.instrument is not None}
+    return None if not bases else "leave-one-run-out" if "leave-one-run-out" in bases else "cross-seed"
 
 
 def resolution_rmse(runs: list[Run]) -> float | None:

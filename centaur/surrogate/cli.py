@@ -93,8 +93,9 @@ def validate(
     include_code: Annotated[bool, typer.Option("--include-code/--no-include-code")] = False,
     split: Annotated[str, typer.Option(
         "--split", help="comma-separated: cross-seed (train on one seed, test on the other), method (leave one "
-        "method out), run (leave one method-seed run out), seed (leave one seed out); run and seed are scored "
-        "on novel configurations, pooled over the folds")] = ",".join(SPLITS),
+        "method out), run (leave one method-seed run out), seed (leave one seed out: the cross-seed resolution, "
+        "also per held-out run); run and seed are scored on novel configurations, pooled over the folds")
+    ] = ",".join(SPLITS),
     methods: Annotated[bool, typer.Option("--methods/--no-methods", help="--no-methods drops the method split")
                        ] = True,
     n_models: Annotated[int, typer.Option(help="bagged regressors per fit")] = 5,
@@ -166,8 +167,9 @@ def instrument(
     generations: Annotated[int, typer.Option(help="CMA-ES generations per restart")] = 60,
     population: Annotated[int, typer.Option(help="CMA-ES population")] = 96,
 ) -> None:
-    """The surrogate's resolution as an instrument: leave-one-run-out error (overall and in the competitive
-    region), the best known in-support noise-free value and the baseline (about 2 min, then cached)."""
+    """The surrogate's resolution as an instrument: cross-seed error (the resolution; pooled and per held-out run)
+    and leave-one-run-out error, overall and in the competitive region, the best known in-support noise-free value
+    and the baseline (about 2 min, then cached)."""
     from centaur.surrogate.instrument import SearchSettings, instrument_for, instrument_key, load_cached, sidecar_path
     from centaur.surrogate.model import fit_surrogate
     from centaur.surrogate.task import SurrogateTask
@@ -185,19 +187,34 @@ def instrument(
             cache = sidecar_path(model) if model is not None else None
             hit = load_cached(cache, instrument_key(sm, settings)) if cache is not None else None
             rec = hit or instrument_for(sm, trials, cache=cache, settings=settings, progress=say)
-    comp, whole, best = rec.loro["competitive"], rec.loro["all"], rec.best_known
+    best = rec.best_known
     t = Table(title="surrogate instrument" + (f" ({sidecar_path(model)})" if model is not None else ""),
               show_header=False)
-    rows = [
-        ("data sha256", str(rec.key.get("data_sha256"))[:16] + "…"),
-        ("leave-one-run-out folds", str(rec.loro["folds"])),
-        (f"competitive (< {rec.loro['competitive_below']}): n", str(comp["n"])),
-        ("  RMSE pooled", _f(comp["rmse_pooled"])),
-        ("  Spearman pooled / mean of folds", f"{_f(comp['spearman_pooled'], 3)} / {_f(comp['spearman_mean'], 3)} "
-                                              f"({comp['folds_with_spearman']} folds)"),
-        ("all successful: n", str(whole["n"])),
-        ("  RMSE pooled", _f(whole["rmse_pooled"])),
-        ("  Spearman pooled / mean of folds", f"{_f(whole['spearman_pooled'], 3)} / {_f(whole['spearman_mean'], 3)}"),
+    rows = [("data sha256", str(rec.key.get("data_sha256"))[:16] + "…"),
+            ("resolution (marks use it)", f"{_f(rec.comp_rmse)}: {rec.resolution_basis} competitive RMSE")]
+    for title, summary in (("cross-seed (fit on one seed, predict the other)", rec.cross_seed),
+                           ("leave-one-run-out", rec.loro)):
+        if not summary:
+            continue
+        comp, whole = summary["competitive"], summary["all"]
+        rows += [
+            (title, f"{summary['folds']} folds, novel configurations"),
+            (f"  competitive (< {summary['competitive_below']}): n", str(comp["n"])),
+            ("    RMSE / bias pooled", f"{_f(comp['rmse_pooled'])} / {_sf(comp.get('bias_pooled'))}"),
+            ("    Spearman pooled / mean of folds", f"{_f(comp['spearman_pooled'], 3)} / "
+             f"{_f(comp['spearman_mean'], 3)} ({comp['folds_with_spearman']} folds)"),
+            ("  all successful: n", str(whole["n"])),
+            ("    RMSE pooled", _f(whole["rmse_pooled"])),
+            ("    Spearman pooled / mean of folds", f"{_f(whole['spearman_pooled'], 3)} / "
+                                                    f"{_f(whole['spearman_mean'], 3)}"),
+            ("    feasibility accuracy", _f(whole.get("feas_acc"))),
+        ]
+        for r in summary.get("runs", []):
+            rows.append((f"  {r['name']}", f"competitive n {r['comp_n']}, Spearman {_f(r['comp_spearman'], 3)}, "
+                                           f"RMSE {_f(r['comp_rmse'])}, bias {_sf(r['comp_bias'])}"))
+        if summary.get("runs"):
+            rows.append((f"  largest |bias| (runs with n >= {comp.get('bias_min_n')})", _f(comp.get("max_abs_bias"))))
+    rows += [
         ("best known (in support, noise-free)", _f(best["value"])),
         ("  distance to data / support threshold", f"{_f(best['distance_to_data'], 3)} / "
                                                    f"{_f(rec.extra.get('support_threshold'), 3)}"),
@@ -219,3 +236,7 @@ def instrument(
 
 def _f(x: Any, nd: int = 4) -> str:
     return f"{x:.{nd}f}" if isinstance(x, (int, float)) else "-"
+
+
+def _sf(x: Any) -> str:
+    return f"{x:+.4f}" if isinstance(x, (int, float)) else "-"

@@ -80,6 +80,8 @@ NOISE_PAIRS_ATTR = "agent_code:noise_pairs"  # pairs of values of the same scrip
 NOISE_ATTR = "agent_code:noise_sd"  # the standard deviation of one run, from the pairs
 MARGIN_ATTR = "agent_code:margin"  # what an edit must improve on the best by to be kept
 OVERHEAD_ATTR = "agent_code:handover_overhead_s"  # the baseline's time past TIME_BUDGET to the hand-over
+BATCH_SECONDS_ATTR = "agent_code:batch_seconds"  # the baseline's slowest batch in the model process
+BATCH_FACTOR, BATCH_FLOOR_S = 4.0, 5.0  # later batches may take max(floor, factor x the baseline's)
 RULE_ATTR = "agent_code:rule"
 OPTIONS = frozenset(
     {"protect", "time_budget_name", "max_tokens", "temperature", "max_rejected_in_row", "isolate_network",
@@ -99,6 +101,27 @@ def noise_sd(pairs: list[list[float]]) -> float:
     """The standard deviation of one run, from pairs of runs of the same script: sqrt(mean(d^2) / 2)."""
     d2 = [(a - b) ** 2 for a, b in pairs]
     return math.sqrt(sum(d2) / len(d2) / 2) if d2 else 0.0
+
+
+def same_program(a: str, b: str) -> bool:
+    """Whether two scripts are the same program: equal ASTs once docstrings (and other bare string
+    statements) are dropped. Comments and formatting are not in the AST."""
+
+    def canonical(source: str) -> str:
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            for name in ("body", "orelse", "finalbody"):
+                body = getattr(node, name, None)
+                if isinstance(body, list):
+                    kept = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
+                                                    and isinstance(s.value.value, str))]
+                    setattr(node, name, kept or [ast.Pass()])
+        return ast.dump(tree)
+
+    try:
+        return canonical(a) == canonical(b)
+    except SyntaxError:
+        return False
 
 
 def _flag(value: Any) -> bool:
@@ -360,8 +383,8 @@ class CodeAgent:
         if first.status is not TrialStatus.OK or tampering or first.value is None:
             return first, tampering, []
         runs = [float(first.value)]
-        if baseline and "handover_overrun_s" in first.extra:
-            self.study.set_user_attr(OVERHEAD_ATTR, first.extra["handover_overrun_s"])
+        if baseline:
+            self._baseline_times(first, first)
         if not baseline and not runs[0] < self._best_mean() - self.margin():
             return first, tampering, runs
         again, more = self._evaluate(source, number, run=1)
@@ -372,13 +395,27 @@ class CodeAgent:
             extra = {**first.extra, "rerun_status": again.status.value, "rerun_error": again.error}
             return replace(first, cost_s=cost, wall_s=cost, extra=extra), [], runs
         runs.append(float(again.value))
-        if baseline and "handover_overrun_s" in again.extra:  # the slower of the two sets the allowance
-            self.study.set_user_attr(OVERHEAD_ATTR, max(first.extra["handover_overrun_s"],
-                                                        again.extra["handover_overrun_s"]))
+        if baseline:
+            self._baseline_times(first, again)
         self._add_noise_pair(runs[0], runs[1])
         mean = sum(runs) / len(runs)
         return replace(first, value=mean, cost_s=cost, wall_s=cost, metrics={**first.metrics, self.task.metric: mean},
                        extra={**first.extra, "runs": runs}), [], runs
+
+    def _baseline_times(self, first: TrialResult, again: TrialResult) -> None:
+        """The baseline's hand-over overrun and slowest batch (the slower of its runs): what later edits are
+        held to."""
+        for key, attr in (("handover_overrun_s", OVERHEAD_ATTR), ("max_batch_seconds", BATCH_SECONDS_ATTR)):
+            if key in first.extra and key in again.extra:
+                self.study.set_user_attr(attr, max(float(first.extra[key]), float(again.extra[key])))
+
+    def batch_timeout(self) -> float:
+        """The model process's limit per batch: `batch_timeout_s` for the baseline, then max(5 s, 4 x the
+        baseline's slowest batch) within it. Work at load time or in the forward is bounded by it."""
+        known = self.study.user_attrs.get(BATCH_SECONDS_ATTR)
+        if known is None:
+            return self.options.batch_timeout_s
+        return min(self.options.batch_timeout_s, max(BATCH_FLOOR_S, BATCH_FACTOR * float(known)))
 
     def _best_mean(self) -> float:
         best = self.best_value
@@ -475,6 +512,9 @@ class CodeAgent:
             problems = check_source(self.original, source, self.protection)
         except SyntaxError as e:
             return Candidate(proposal.description, reason=f"syntax: line {e.lineno}: {e.msg}", diff=diff, llm=llm)
+        if same_program(source, best):
+            return Candidate(proposal.description, reason="edit: the edit changes only comments, docstrings or "
+                             "formatting: the program is the same", diff=diff, llm=llm)
         if problems:
             return Candidate(proposal.description, reason="tampering: " + "; ".join(problems), diff=diff, llm=llm)
         return Candidate(proposal.description, source=source, diff=diff, llm=llm)
@@ -679,7 +719,7 @@ class CodeAgent:
         windows = validation_windows(split.held_out, seq_len, eval_bytes)
         model_env = {k: v for k, v in env.items() if k != "CENTAUR_DATA_DIR"}
         command, penv = model_process(work_copy, model, task_dir=task.script.parent, extra_env=model_env,
-                                      batch_timeout_s=self.options.batch_timeout_s, modules=self.modules,
+                                      batch_timeout_s=self.batch_timeout(), modules=self.modules,
                                       sandbox=not self.options.unsafe, hidden=hidden)
         runner = task.config.runner
         scored = evaluate_out_of_process(

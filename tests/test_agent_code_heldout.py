@@ -65,7 +65,8 @@ def _centaur_attack(needles, controls, secret_path):
                 pass
     blobs += proc
     roots = {sysconfig.get_paths()["stdlib"], sys.prefix, sys.base_prefix, os.path.dirname(prepare.__file__)}
-    roots |= set(glob.glob("/usr/lib/python3*") + glob.glob("/usr/local/lib/python3*") + glob.glob("/opt/*/lib/python3*"))
+    for pattern in ("/usr/lib/python3*", "/usr/local/lib/python3*", "/opt/*/lib/python3*"):
+        roots |= set(glob.glob(pattern))
     args = ["grep", "-rlF", "-a"]
     for needle in needles + controls:
         args += ["-e", needle.decode()]

@@ -17,6 +17,8 @@ trial has no finished trial to infer from and is sampled at random, as with Optu
 method instance is built per space it is asked about, and each keeps its state apart (cmaes and centaur
 store their optimizer in the study under a key of the space). Optuna's own samplers (random, tpe,
 tpe-optuna, gp, cmaes-optuna) already handle dynamic spaces and are used as they are, seeded per trial.
+`sample_relative` returns a value for every parameter of the space it is given (categorical-only and
+mixed spaces included), and `reseed_rng()` moves every draw to a new seed (docs/samplers.md).
 
 Every sampler reads the study's direction, refuses a multi-objective study at the first call unless the
 method supports one (random, tpe, tpe-optuna, gp), is safe under `study.optimize(n_jobs=k)` (one lock serialises
@@ -44,6 +46,7 @@ from centaur.methods.base import (
     MethodError,
     available_methods,
     create_sampler,
+    fresh_seed,
     method_info,
     require_single_objective,
     seeded_random_value,
@@ -156,6 +159,7 @@ class Sampler(BaseSampler):
             raise MethodError(f"{method!r} runs its own loop, not as an Optuna sampler; use one of "
                               f"{sorted(available())}")
         self.method, self.seed = method, int(seed)
+        self._draw_seed = self.seed  # what trials are drawn from: the seed, until reseed_rng()
         self.options = dict(options or {})
         self.task_description, self.penalty = task_description, float(penalty)
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -179,7 +183,7 @@ class Sampler(BaseSampler):
 
     def _context(self, space: SearchSpace, tag: str = "") -> MethodContext:
         run_dir = self.output_dir / f"space-{tag}" if self.output_dir is not None and tag else self.output_dir
-        return MethodContext(space=space, seed=self.seed, options=dict(self.options), llm=self._llm,
+        return MethodContext(space=space, seed=self._draw_seed, options=dict(self.options), llm=self._llm,
                              task_description=self.task_description, penalty=self.penalty, run_dir=run_dir,
                              space_tag=tag)  # fmt: skip
 
@@ -204,26 +208,18 @@ class Sampler(BaseSampler):
         with self._lock:
             if self._native is not None:
                 return self._native.infer_relative_search_space(study, trial)
-            key = op.study_id(study)
-            intersection = self._intersections.setdefault(key, IntersectionSearchSpace(include_pruned=True))
-            space = {k: d for k, d in intersection.calculate(study).items() if not d.single()}
+            space = self._intersection(study)
             return space if space and self._inner(space) is not None else {}
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
+        """A value for every parameter of `search_space`: the method's where it models them, and where it
+        does not (a parameter no finished trial has, a space the method refuses, an exhausted discrete
+        space) the value `sample_independent` gives, so a caller never finds a parameter missing."""
         self._check(study)
         with self._lock:
-            if self._native is not None:  # Optuna's samplers model only the space they inferred themselves
-                inferred = self._native.infer_relative_search_space(study, trial)
-                search_space = {k: d for k, d in search_space.items() if inferred.get(k) == d}
-                return self._native.sample_relative(study, trial, search_space) if search_space else {}
-            search_space = {k: d for k, d in search_space.items() if not d.single()}
-            inner = self._inner(search_space) if search_space else None
-            if inner is None:
-                return {}
-            self._trial_inner[(op.study_id(study), trial.number)] = inner
-            params = inner.sample_relative(study, trial, inner.space.distributions())  # type: ignore[attr-defined]
+            params = self._relative(study, trial, search_space)
         out = {}
         for name, value in params.items():
             if name in search_space:
@@ -231,7 +227,34 @@ class Sampler(BaseSampler):
                 value = snap(value, dist)
                 if op.distribution_contains(dist, value):
                     out[name] = value
+        if trial.system_attrs.get("fixed_params"):
+            return out  # an enqueued trial: its own values win over anything drawn here
+        for name, dist in search_space.items():
+            if name not in out and not dist.single():
+                out[name] = self.sample_independent(study, trial, name, dist)
         return out
+
+    def _relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if self._native is not None:
+            # Optuna's samplers learn from trials that have the parameters: what they inferred themselves,
+            # or what every finished trial has (Optuna's CmaEsSampler leaves categoricals out of its own
+            # inference, yet models them one-hot when it is given them).
+            known = {**self._intersection(study), **self._native.infer_relative_search_space(study, trial)}
+            search_space = {k: d for k, d in search_space.items() if known.get(k) == d}
+            return self._native.sample_relative(study, trial, search_space) if search_space else {}
+        search_space = {k: d for k, d in search_space.items() if not d.single()}
+        inner = self._inner(search_space) if search_space else None
+        if inner is None:
+            return {}
+        self._trial_inner[(op.study_id(study), trial.number)] = inner
+        return inner.sample_relative(study, trial, inner.space.distributions())  # type: ignore[attr-defined]
+
+    def _intersection(self, study: optuna.Study) -> dict[str, BaseDistribution]:
+        """The parameters every finished trial has, with one distribution (pruned trials included)."""
+        intersection = self._intersections.setdefault(op.study_id(study), IntersectionSearchSpace(include_pruned=True))
+        return {k: d for k, d in intersection.calculate(study).items() if not d.single()}
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
@@ -240,7 +263,7 @@ class Sampler(BaseSampler):
         if self._native is not None:
             with self._lock:
                 return self._native.sample_independent(study, trial, param_name, param_distribution)
-        return seeded_random_value(study, trial, self.seed, param_name, param_distribution)
+        return seeded_random_value(study, trial, self._draw_seed, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self._native is not None:
@@ -259,9 +282,14 @@ class Sampler(BaseSampler):
                 inner.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
-        # The space-bound methods draw from streams seeded by (seed, trial number): nothing to reseed.
-        if self._native is not None:
-            self._native.reseed_rng()
+        """Draw later trials from a fresh seed (Optuna calls this in each thread of `optimize(n_jobs=k)`).
+        Every draw is seeded by (seed, trial number), so without a reseed a resumed study with the same
+        seed draws what it drew before; the methods' learned state (in the study) is kept."""
+        with self._lock:
+            self._draw_seed = fresh_seed(self._draw_seed)
+            for inner in [self._native, *self._inners.values()]:
+                if inner is not None:
+                    inner.reseed_rng()
 
     # -- cleanup and copies --------------------------------------------------------------------------
     def close(self) -> None:

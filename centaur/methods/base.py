@@ -132,6 +132,15 @@ def trial_seed(seed: int, number: int, salt: str = "") -> int:
     return int.from_bytes(digest, "little")
 
 
+def fresh_seed(seed: int) -> int:
+    """The seed a sampler draws from after `reseed_rng()`: the next one of a chain derived from `seed`.
+    Every draw of our methods is seeded by (seed, trial number, ...), so only a new seed changes what later
+    trials draw (Optuna's contract). A chain, not OS entropy: a program that reseeds the same way draws the
+    same, and `study.optimize(n_jobs=k)`, which reseeds in each thread, varies only with thread timing. A
+    new sampler built with the user's seed, as a resumed study builds, still draws what the study drew."""
+    return trial_seed(seed, -1, "reseed")
+
+
 def seeded_random_value(
     study: optuna.Study, trial: FrozenTrial, seed: int, name: str, distribution: BaseDistribution
 ) -> Any:

@@ -11,7 +11,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from centaur.methods.base import trial_seed
+from centaur.methods.base import fresh_seed, trial_seed
 from centaur.study.optuna_private import LazyRandomState
 
 
@@ -41,12 +41,14 @@ class _TrialSnapshot:
 
 
 class PerTrialSeeded(BaseSampler):
-    """Wraps an Optuna sampler; before each trial, its random states are seeded from (seed, trial number)."""
+    """Wraps an Optuna sampler; before each trial, its random states are seeded from (seed, trial number).
+    `reseed_rng()` moves it to a fresh seed, so later trials draw differently."""
 
     def __init__(self, inner: BaseSampler, seed: int, name: str) -> None:
         self.inner = inner
         self.seed = seed
         self.name = name
+        self.draw_seed = seed  # the seed trials are drawn from: the user's until reseed_rng()
 
     def __repr__(self) -> str:
         return f"{self.name}(seed={self.seed})"
@@ -65,11 +67,12 @@ class PerTrialSeeded(BaseSampler):
         return self.inner.sample_independent(_TrialSnapshot(study), trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        _reseed(self.inner, self.seed, trial.number)
+        _reseed(self.inner, self.draw_seed, trial.number)
         self.inner.before_trial(study, trial)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
         self.inner.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
+        self.draw_seed = fresh_seed(self.draw_seed)
         self.inner.reseed_rng()

@@ -62,6 +62,7 @@ from centaur.methods.base import (
     STATUS_ATTR,
     MethodContext,
     MethodError,
+    fresh_seed,
     minimising_sign,
     register,
     reject_unknown_options,
@@ -207,6 +208,7 @@ class SmacSampler(BaseSampler):
         self._told: set[int] = set()  # trial numbers SMAC has been told (or that had nothing to tell)
         self._asked: dict[int, Any] = {}  # trial number -> SMAC TrialInfo, for trials this worker asked
         self._seed_key: int | None = None  # the one seed SMAC's deterministic intensifier uses
+        self._reseeded = False  # reseed_rng() was called: SMAC's design points no longer continue one sequence
 
     def __repr__(self) -> str:
         return f"smac(seed={self.seed})"
@@ -236,8 +238,10 @@ class SmacSampler(BaseSampler):
         self._cs = configspace_of(self.space, self.seed)
         # The initial design fills the study up to n_init finished trials: the baseline counts, and so
         # do trials another method ran before SMAC joined; SMAC's own design points do not (a resumed
-        # run continues the same Sobol sequence, skipping the points that already ran).
-        prior = sum(1 for t in study.get_trials(deepcopy=False, states=_TOLD) if not _is_design_point(t))
+        # run continues the same Sobol sequence, skipping the points that already ran). After a reseed
+        # the sequence is another one, so its earlier points count like any other trial.
+        finished = study.get_trials(deepcopy=False, states=_TOLD)
+        prior = sum(1 for t in finished if self._reseeded or not _is_design_point(t))
         tunable = any(not isinstance(hp, Constant) for hp in self._cs.values())
         n_design = max(0, self.n_init - prior) if tunable else 0  # Sobol needs one free dimension
         scenario = Scenario(
@@ -393,6 +397,13 @@ class SmacSampler(BaseSampler):
     ) -> Any:
         require_single_objective(study, self.name)
         return seeded_random_value(study, trial, self.seed, param_name, param_distribution)
+
+    def reseed_rng(self) -> None:
+        # SMAC draws from its own generators, seeded once when it is built: it is rebuilt from the study
+        # with the new seed at the next proposal (as a resumed run rebuilds it).
+        with self._lock:
+            self.seed = fresh_seed(self.seed)
+            self._smac, self._study_key, self._reseeded = None, None, True
 
 
 def _is_design_point(t: FrozenTrial) -> bool:

@@ -13,7 +13,7 @@ from cmaes import CatCMAwM
 from optuna.samplers import CmaEsSampler
 from optuna.trial import FrozenTrial
 
-from centaur.methods.base import seeded_random_value, trial_seed
+from centaur.methods.base import fresh_seed, seeded_random_value, trial_seed
 from centaur.methods.centaur.view import CmaView, build_view
 from centaur.methods.cmaes import library
 from centaur.methods.cmaes.sampler import CatCmaSampler
@@ -29,12 +29,15 @@ class CmaBackend(Protocol):
     def perturb(self, config: dict[str, Any], handle: Any, rejected: Callable[[dict[str, Any]], bool],
                 salt: str = "centaur-perturb", fresh: bool = False) -> dict[str, Any] | None: ...
     def predicted_oom(self, config: dict[str, Any]) -> float | None: ...
+    def reseed_rng(self) -> None: ...
 
 
 def _offset_perturb(cma: CatCmaSampler, config: dict[str, Any], mean: np.ndarray, draws: list[np.ndarray],
                     rejected: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
     """`config` moved by CMA-ES's own sampled steps (draw - mean): a point of CMA-ES's distribution
     re-centred on `config`. Tries each draw, then doubled steps; None if every result is rejected."""
+    if not cma.numeric:
+        return None  # categoricals only: no step to take (the categoricals stay as in `config`)
     base = cma.solution_of(config)
     nf = len(cma.floats)
     for scale in (1.0, 2.0, 4.0):
@@ -96,6 +99,8 @@ class OurCmaBackend:
         """`config` moved by a step drawn from CMA-ES's distribution, seeded by (seed, trial, `salt`): the
         step of CMA-ES's own sample for the trial first, unless `fresh` (then only new draws)."""
         sol, opt, number = handle
+        if not self.cma.numeric:
+            return None  # categoricals only: no numeric step to move them by
         rng = np.random.RandomState(trial_seed(self.cma.seed, number, salt) % (2**32 - 1))
         with library.drawing_with(opt, rng):
             draws = [] if fresh else [library.raw_sample(sol)]
@@ -106,6 +111,9 @@ class OurCmaBackend:
         """P(OOM) of `config` if the failure model (fitted at this trial's proposal) predicts it fails."""
         model = self.cma.failure_model
         return model.predicted_oom(config) if model is not None else None
+
+    def reseed_rng(self) -> None:
+        self.cma.reseed_rng()
 
 
 class OptunaCmaBackend:
@@ -150,3 +158,7 @@ class OptunaCmaBackend:
 
     def predicted_oom(self, config: dict[str, Any]) -> float | None:
         return None  # the reference's backend, for ablations: no failure model
+
+    def reseed_rng(self) -> None:
+        self.seed = fresh_seed(self.seed)
+        self.helper.reseed_rng()

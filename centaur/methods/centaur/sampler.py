@@ -111,6 +111,10 @@ class CentaurSampler(LLMSampler):
     def fallback_label(self) -> str:
         return "CMA-ES"
 
+    def reseed_rng(self) -> None:
+        super().reseed_rng()
+        self.cma.reseed_rng()
+
     def _check_fallback(self) -> None:
         if self.fallback not in ("cmaes", "error"):
             raise MethodError(f"centaur: fallback is CMA-ES's own proposal ('cmaes') or 'error', not {self.fallback!r}")

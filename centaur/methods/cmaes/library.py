@@ -33,13 +33,16 @@ class Distribution:
 
 
 def distribution(opt: CatCMAwM) -> Distribution:
-    a = np.asarray(opt._A, dtype=float)
     q = getattr(opt, "_q", None)
+    categorical = np.array(q) if q is not None else None
+    if not hasattr(opt, "_mean"):  # categoricals only: no Gaussian part
+        return Distribution(mean=np.zeros(0), cov=np.zeros((0, 0)), sigma=0.0, categorical=categorical)
+    a = np.asarray(opt._A, dtype=float)
     return Distribution(
         mean=np.array(opt._mean, dtype=float),
         cov=np.asarray(opt._C, dtype=float) * np.outer(a, a),
         sigma=float(opt._sigma),
-        categorical=np.array(q) if q is not None else None,
+        categorical=categorical,
     )
 
 

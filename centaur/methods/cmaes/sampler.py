@@ -33,6 +33,7 @@ from centaur.methods.base import (
     STATUS_ATTR,
     MethodContext,
     MethodError,
+    fresh_seed,
     minimising_sign,
     option_flag,
     register,
@@ -100,8 +101,8 @@ class CatCmaSampler(BaseSampler):
         self.ints = [p for p in space if p.kind in ("int", "pow2")]
         self.cats = [p for p in space if p.kind == "categorical" and len(p.choices) > 1]
         self.singles = [p for p in space if p.kind == "categorical" and len(p.choices) == 1]
-        if not (self.floats or self.ints):
-            raise MethodError("cmaes needs at least one numeric parameter")
+        if not (self.floats or self.ints or self.cats):
+            raise MethodError("cmaes needs at least one parameter to tune")
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -183,7 +184,7 @@ class CatCmaSampler(BaseSampler):
     def solution_of(self, config: dict[str, Any]) -> CatCMAwM.Solution:
         x = np.array([self.unit(p, config[p.name]) for p in self.floats]) if self.floats else None
         z = np.array([self.unit(p, config[p.name]) for p in self.ints]) if self.ints else None
-        v = np.concatenate([a for a in (x, z) if a is not None])
+        v = np.concatenate([a for a in (x, z) if a is not None]) if self.numeric else None  # None: categoricals only
         c = None
         if self.cats:
             width = max(len(p.choices) for p in self.cats)
@@ -318,7 +319,7 @@ class CatCmaSampler(BaseSampler):
                 raw = t.system_attrs.get(V_ATTR)
                 own_current = (not t.system_attrs.get(EXTERNAL_ATTR) and t.system_attrs.get(GEN_ATTR) == opt.generation
                                and self._own_tag(t))
-                if raw is not None and own_current:
+                if raw is not None and own_current and self.numeric:
                     sol = CatCMAwM.Solution(sol.x, sol.z, sol.c, np.array(raw))  # CMA's own, unrepaired sample
                 solutions.append((sol, value))
             try:
@@ -374,7 +375,7 @@ class CatCmaSampler(BaseSampler):
         return {GEN_ATTR: generation, **({SPACE_ATTR: self.space_tag} if self.space_tag else {})}
 
     def mark_own(self, study: optuna.Study, trial: FrozenTrial, sol: CatCMAwM.Solution, generation: int) -> None:
-        raw = [float(v) for v in library.raw_sample(sol)]
+        raw = [float(v) for v in library.raw_sample(sol)] if self.numeric else []
         set_trial_attrs(op.storage_of(study), op.trial_id(trial), system_attrs={**self._tags(generation), V_ATTR: raw})
 
     def mark_external(self, study: optuna.Study, trial: FrozenTrial, generation: int) -> None:
@@ -413,6 +414,11 @@ class CatCmaSampler(BaseSampler):
     ) -> Any:
         require_single_objective(study, self.name)
         return seeded_random_value(study, trial, self.seed, param_name, param_distribution)
+
+    def reseed_rng(self) -> None:
+        # Draws are seeded by (seed, trial number); the state in the study is kept, only later draws change.
+        with self._lock:
+            self.seed = fresh_seed(self.seed)
 
 
 def _failed(t: FrozenTrial) -> bool:

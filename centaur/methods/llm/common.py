@@ -25,6 +25,7 @@ from centaur.methods.base import (
     STATUS_ATTR,
     MethodContext,
     MethodError,
+    fresh_seed,
     trial_seed,
 )
 from centaur.space import SearchSpace
@@ -333,6 +334,12 @@ class LLMSampler(BaseSampler):
 
     def propose(self, study: optuna.Study, trial: FrozenTrial, history: History) -> Outcome:
         raise NotImplementedError
+
+    def reseed_rng(self) -> None:
+        # Random draws and the seed sent with each LLM request come from (seed, trial number).
+        self.seed = fresh_seed(self.seed)
+        if self._partner is not None:
+            self._partner.reseed_rng()
 
     # -- fallback --------------------------------------------------------------------------------
     @property

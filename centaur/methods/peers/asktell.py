@@ -21,7 +21,13 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from centaur.methods.base import MethodError, minimising_sign, require_single_objective, seeded_random_value
+from centaur.methods.base import (
+    MethodError,
+    fresh_seed,
+    minimising_sign,
+    require_single_objective,
+    seeded_random_value,
+)
 from centaur.methods.failures import is_failure, is_success
 from centaur.space import SearchSpace
 from centaur.study import optuna_private as op
@@ -105,6 +111,14 @@ class AskTellSampler(BaseSampler):
     ) -> Any:
         require_single_objective(study, self.name)
         return seeded_random_value(study, trial, self.seed, param_name, param_distribution)
+
+    def reseed_rng(self) -> None:
+        with self._lock:
+            self.seed = fresh_seed(self.seed)
+            self._reseeded()
+
+    def _reseeded(self) -> None:
+        """After a new seed: drop what was built from the old one (a subclass's optimizer)."""
 
     def _propose(
         self, study: optuna.Study, trial: FrozenTrial, observations: list[Observation]

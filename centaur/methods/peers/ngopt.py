@@ -87,6 +87,9 @@ class NgOptSampler(AskTellSampler):
         state.update(_study_key=None, _opt=None, _told=set(), _asked={})
         return state
 
+    def _reseeded(self) -> None:
+        self._opt = None  # rebuilt from the study with the new seed at the next proposal
+
     def _optimizer(self, study: optuna.Study) -> Any:
         key = (study.study_name, op.study_id(study))
         if self._opt is None or self._study_key != key:

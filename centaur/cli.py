@@ -11,8 +11,8 @@ from typing import Annotated
 import optuna
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from centaur.api import BUNDLED_TASK, DEFAULT_METHOD, DEFAULT_RUN_ROOT, resolve_task, tune
 from centaur.entry import quiet_optuna
@@ -25,8 +25,9 @@ from centaur.study.storage import default_storage_url, open_storage
 from centaur.units import format_duration, parse_duration
 
 app = typer.Typer(help="Tune the hyperparameters of training scripts under a compute budget.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
+# Markup off: messages carry user text such as "[space.params.lr]" or "[runner]", which Rich would eat.
+console = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 
 @app.callback()
@@ -35,15 +36,15 @@ def _command_line() -> None:
 
 
 def _fail(e: Exception) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # "[runner]" is no style
+    err.print(Text.assemble(("error:", "bold red"), " ", str(e)), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
 def _aborted() -> None:
-    err.print(
-        "\n[bold yellow]aborted[/] by a second Ctrl-C: the running trial was killed and recorded as lost; "
+    err.print(Text.assemble(
+        "\n", ("aborted", "bold yellow"), " by a second Ctrl-C: the running trial was killed and recorded as lost; "
         "its cost counts, and its configuration runs again when you resume with the same command"
-    )
+    ))  # fmt: skip
     raise typer.Exit(130)
 
 
@@ -222,10 +223,10 @@ def tune_cmd(
     except KeyboardInterrupt:
         _aborted()
     s = result.summary
-    console.print(
-        f"[bold]{s.name}[/]: {result.stop_reason}; {s.n_finished} trials, best "
+    console.print(Text.assemble(
+        (s.name, "bold"), f": {result.stop_reason}; {s.n_finished} trials, best "
         + (f"{s.best_metric:.6f} (trial {s.best_trial})" if s.best_metric is not None else "- (no ok trial yet)")
-    )
+    ))  # fmt: skip
     if s.best_config:
         console.print_json(json.dumps(s.best_config))
 
@@ -255,14 +256,15 @@ def worker(
     except KeyboardInterrupt:
         _aborted()
     s = result.summary
-    console.print(f"[bold]{s.name}[/]: {result.stop_reason}; {s.n_finished} trials in the study, best {s.best_metric}")
+    console.print(Text.assemble((s.name, "bold"), f": {result.stop_reason}; {s.n_finished} trials in the study, best "
+                                f"{s.best_metric}"))  # fmt: skip
 
 
 @app.command()
 def methods() -> None:
     """List the available methods."""
     for name, summary in available_methods().items():
-        console.print(f"[bold]{name:14}[/] {summary}")
+        console.print(Text.assemble((f"{name:14}", "bold"), f" {summary}"))
 
 
 def _load(storage: str | None, run_dir: Path, study_name: str | None) -> list[optuna.Study]:
@@ -304,13 +306,24 @@ def status(
         for col, value in row.items():
             if col != "study":
                 block.add_row(col, value)
-        console.print(f"[bold]{row['study']}[/]", highlight=False)
+        console.print(Text(row["study"], style="bold"), highlight=False)
         console.print(block)
 
 
 _STATUS_COLUMNS = (
-    "study", "method", "trials", "running", "best", "failures", "budget used", "optimizer s", "LLM s", "fallbacks"
+    "study", "method", "trials", "running", "best", "failures", "verified", "budget used", "optimizer s", "LLM s",
+    "fallbacks",
 )
+
+
+def _verified_text(s: StudySummary) -> str:
+    """How many trials ran the values the study records (centaur.runner.verify); "-" where the task has no
+    process to check (the surrogate)."""
+    checked = sum(s.verified.values())
+    if not checked:
+        return "-"
+    others = ", ".join(f"{k} {v}" for k, v in sorted(s.verified.items()) if k != "verified")
+    return f"{s.verified['verified']} of {checked}" + (f" ({others})" if others else "")
 
 
 def _status_row(s: StudySummary) -> dict[str, str]:
@@ -327,6 +340,7 @@ def _status_row(s: StudySummary) -> dict[str, str]:
         str(s.n_running),
         best,
         ", ".join(f"{k} {v}" for k, v in sorted(s.failures.items())) or "0",
+        _verified_text(s),
         budget,
         f"{s.sampler_s:.1f}",
         f"{s.llm_s:.1f}",
@@ -351,6 +365,10 @@ def best(
             raise ValueError(f"study {study_name!r} has no successful trial yet")
         console.print(f"best {s.best_metric:.6f} at trial {s.best_trial}")
         console.print_json(json.dumps(s.best_config))
+        attrs = st.trials[s.best_trial].user_attrs if s.best_trial is not None else {}
+        if attrs.get("verified", "verified") != "verified":
+            err.print(f"note: trial {s.best_trial}'s values are {attrs['verified']}: {attrs.get('verify_note', '')}",
+                      soft_wrap=True)  # fmt: skip
         if script is not None:
             _write_best(script, s.best_config, output, st.user_attrs.get("agent_code:best_source"))
     except USER_ERRORS as e:

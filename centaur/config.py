@@ -42,7 +42,7 @@ class ProjectConfig:
     llm: dict[str, Any] = field(default_factory=dict)
     study: dict[str, Any] = field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
-    space_source: str | None = None  # [space] source: constants | globals | argparse | config; None: detected
+    space_source: str | None = None  # [space] source (SPACE_SOURCES); None: detected
     space_config: str | None = None  # [space] config: the YAML/JSON/TOML file the script reads (as written)
     config_inject: str = "copy"  # [space] config_inject: copy (a per-trial copy of the file) | overrides
     metric: MetricSettings = field(default_factory=lambda: MetricSettings())
@@ -144,7 +144,7 @@ def load_config(path: Path | None) -> ProjectConfig:
     return cfg
 
 
-SPACE_SOURCES = ("constants", "globals", "argparse", "config")
+SPACE_SOURCES = ("constants", "globals", "argparse", "dataclass", "config")
 
 
 def _space_config(cfg: ProjectConfig, space: dict[str, Any], path: Path) -> None:

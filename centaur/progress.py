@@ -54,14 +54,17 @@ class RichProgress:
     def on_trial_end(self, trial: FrozenTrial, summary: StudySummary) -> None:
         self.summary = summary
         value = f"{trial.value:.6f}" if status_of(trial) == "ok" and trial.value is not None else status_of(trial)
+        verdict = trial.user_attrs.get("verified", "verified")  # the values that ran (centaur.runner.verify)
         self.live.console.print(
             f"trial {trial.number:4d}  {value:>10}  cost {format_duration(trial.user_attrs.get('cost_s', 0))}"
             f"  source {trial.user_attrs.get('proposal_source', '')}"
+            + ("" if verdict == "verified" else f"  {verdict}"),
+            markup=False, highlight=False,
         )
         self._update(summary)
 
     def on_notice(self, line: str) -> None:
-        self.console.print(f"[yellow]note:[/] {line}", highlight=False)
+        self.console.print(Text.assemble(("note:", "yellow"), " ", line), highlight=False)
 
     def on_stop(self, reason: str, summary: StudySummary) -> None:
         self._update(summary)

@@ -263,7 +263,8 @@ def test_scrubbed_environment():
 def test_from_script_defaults(tmp_path):
     t = task("ok")
     assert t.name == "ok" and t.metric == "val_bpb" and t.script.is_absolute()
-    assert set(t.space.names) == {"LEARNING_RATE", "BATCH_SIZE", "TOKENS"}
+    assert set(t.space.names) == {"LEARNING_RATE", "BATCH_SIZE"}
+    assert "token" in t.space.skipped["TOKENS"]  # a token count is never tuned by default
     assert t.trial_timeout_s == 3600.0
     assert "val_bpb" in t.describe()
     assert os.fspath(t.script).endswith("runner/ok/train.py")

@@ -257,3 +257,128 @@ def test_config_copy_verified_and_original_read_is_overridden(tmp_path):
     script = _write(tmp_path / "orig", files)
     with pytest.raises(HopelessStudy, match="opened the original"):
         centaur.tune(script, method="random", n_trials=2, run_dir=tmp_path / "runs2")
+
+
+# -- settings classes --------------------------------------------------------------------------------
+HYPERPARAMETERS = """
+import sys
+from dataclasses import dataclass
+
+BOS_ID = 50256
+VOCAB_SIZE = 50257
+NUM_ITERATIONS = 1393
+
+@dataclass
+class Hyperparameters:
+    train_files: str = "data/train_*.bin"
+    val_tokens: int = 10485760
+    train_seq_len: int = 1024
+    num_iterations: int = 1393
+    cooldown_frac: float = 0.4
+    learning_rate: float = 0.02
+    batch_size: int = 8
+    weight_decay: float = 0.0
+    seed: int = 0
+
+args = Hyperparameters()
+print(f"val_bpb: {1.0 + args.learning_rate + args.cooldown_frac / 10 + args.batch_size / 1000}")
+"""
+
+
+def test_dataclass_settings_are_tuned_by_field_and_verified(tmp_path):
+    script = _write(tmp_path / "dc", {"train.py": HYPERPARAMETERS})
+    space = load_space(script)
+    assert space.source == "dataclass"
+    assert set(space.names) == {"cooldown_frac", "learning_rate", "batch_size", "weight_decay"}
+    for never in ("val_tokens", "train_seq_len", "num_iterations", "seed", "train_files"):
+        assert never in space.skipped
+    assert not {"BOS_ID", "VOCAB_SIZE", "NUM_ITERATIONS"} & set(space.names)
+    result = centaur.tune(script, method="random", n_trials=3, run_dir=tmp_path / "runs")
+    trials = _trials(result)
+    assert [t.user_attrs["verified"] for t in trials] == ["verified"] * 3
+    work_copy = (Path(trials[-1].user_attrs["log"]).parent / "train.py").read_text()
+    assert f"learning_rate: float = {trials[-1].params['learning_rate']!r}" in work_copy
+
+
+def test_dataclass_made_in_main_and_changed_after_is_overridden(tmp_path):
+    script = _write(tmp_path / "dc", {"train.py": """
+        from dataclasses import dataclass, replace
+
+        @dataclass(frozen=True)
+        class TrainConfig:
+            learning_rate: float = 0.02
+            dropout: float = 0.1
+
+        def main():
+            cfg = TrainConfig()
+            cfg = replace(cfg, learning_rate=0.5)  # a later override the defaults cannot see
+            print(f"val_bpb: {1.0 + cfg.learning_rate + cfg.dropout}")
+
+        main()
+    """})  # fmt: skip
+    with pytest.raises(HopelessStudy, match=r"learning_rate: wrote 0.02, ran 0.5"):
+        centaur.tune(script, method="random", n_trials=2, run_dir=tmp_path / "runs")
+
+
+def test_field_passed_explicitly_is_not_a_candidate(tmp_path):
+    script = _write(tmp_path / "dc", {"train.py": """
+        from dataclasses import dataclass
+
+        DEPTH = 4
+
+        @dataclass
+        class GPTConfig:
+            n_layer: int = 12
+            dropout: float = 0.1
+
+        config = GPTConfig(n_layer=DEPTH)
+        print(f"val_bpb: {1.0 + config.n_layer / 100 + config.dropout}")
+    """})  # fmt: skip
+    space = load_space(script)
+    assert space.source == "constants" and space.names == ["DEPTH"]  # the knob that runs
+    from centaur.space.settings_classes import find_settings_fields
+
+    fields = {f.assignment.name: f for f in find_settings_fields(script.read_text())}
+    assert fields["n_layer"].explicit and not fields["dropout"].explicit
+
+
+# -- knobs by meaning ----------------------------------------------------------------------------------
+def test_lowercase_autoresearch_knobs_get_the_curated_ranges_and_constraint(tmp_path):
+    script = _write(tmp_path / "ap", {"train.py": """
+        import argparse
+        p = argparse.ArgumentParser()
+        p.add_argument("--depth", type=int, default=8)
+        p.add_argument("--aspect-ratio", type=int, default=64)
+        p.add_argument("--head-dim", type=int, default=128)
+        p.add_argument("--window-pattern", type=str, default="SSSL")
+        p.add_argument("--device-batch-size", type=int, default=128)
+        p.add_argument("--total-batch-size", type=int, default=2**19)
+        p.add_argument("--embedding-lr", type=float, default=0.6)
+        p.add_argument("--unembedding-lr", type=float, default=0.004)
+        p.add_argument("--matrix-lr", type=float, default=0.04)
+        p.add_argument("--scalar-lr", type=float, default=0.5)
+        p.add_argument("--weight-decay", type=float, default=0.2)
+        p.add_argument("--warmup-ratio", type=float, default=0.0)
+        p.add_argument("--warmdown-ratio", type=float, default=0.5)
+        p.add_argument("--max-seq-len", type=int, default=2048)
+        p.add_argument("--num-iterations", type=int, default=-1)
+        p.add_argument("--device-type", type=str, default="")
+        args = p.parse_args()
+    """})  # fmt: skip
+    space = load_space(script)
+    assert space.source == "argparse"
+    assert len(space.names) == 13 and "device_batch_size" in space.names and "window_pattern" in space.names
+    device = space["device_batch_size"]
+    assert device.kind == "pow2" and (device.low, device.high) == (32, 256)
+    assert space["aspect_ratio"].source == "curated" and space["matrix_lr"].log
+    assert space["window_pattern"].kind == "categorical"
+    assert [c.expression for c in space.constraints] == ["total_batch_size % (device_batch_size * max_seq_len) == 0"]
+    assert {"max_seq_len", "num_iterations", "device_type"} <= set(space.skipped)
+
+
+def test_a_script_with_no_hyperparameter_gets_a_clear_message(tmp_path):
+    from centaur.space.params import SpaceError
+
+    script = _write(tmp_path / "none", {"train.py": "BOS_ID = 50256\nVOCAB_SIZE = 50257\nDATA_PATH = 'x'\n"})
+    with pytest.raises(SpaceError, match=r"no tunable parameters found.*BOS_ID.*VOCAB_SIZE"):
+        load_space(script)

@@ -1,16 +1,28 @@
 """Running one trial of a script: injection, subprocess with limits, outcome classification."""
 
-from centaur.runner.inject import InjectionError, format_value, inject
-from centaur.runner.outcome import Outcome, classify, parse_metrics
-from centaur.runner.process import ProcessResult, run_script
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from centaur.runner.inject import InjectionError, format_value, inject
+    from centaur.runner.outcome import Outcome, classify, parse_metrics
+    from centaur.runner.process import ProcessResult, run_script
+
+# Lazy, so the launcher that starts every trial (centaur.runner.launch) imports only the standard library
+# before the user's script runs.
+_HOMES = {
+    "InjectionError": "inject", "format_value": "inject", "inject": "inject",
+    "Outcome": "outcome", "classify": "outcome", "parse_metrics": "outcome",
+    "ProcessResult": "process", "run_script": "process",
+}  # fmt: skip
 __all__ = [
-    "InjectionError",
-    "Outcome",
-    "ProcessResult",
-    "classify",
-    "format_value",
-    "inject",
-    "parse_metrics",
-    "run_script",
-]
+    "InjectionError", "Outcome", "ProcessResult", "classify", "format_value", "inject", "parse_metrics", "run_script",
+]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"centaur.runner.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'centaur.runner' has no attribute {name!r}")

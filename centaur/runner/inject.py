@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from centaur.space.extract import find_assignments
+from centaur.space.settings_classes import field_names, find_settings_fields
 from centaur.space.sources import Argument, find_arguments, find_globals
 
 
@@ -33,12 +34,17 @@ def format_value(value: Any) -> str:
     raise InjectionError(f"cannot write a value of type {type(value).__name__}: {value!r}")
 
 
-def inject(source: str, values: Mapping[str, Any], filename: str = "<script>") -> str:
+def inject(source: str, values: Mapping[str, Any], filename: str = "<script>", kind: str | None = None) -> str:
     """Replace the right-hand side of the first `NAME = ...` of each name with its new value: ALL_CAPS
-    assignments anywhere, lowercase ones at module level (the `globals` source)."""
-    by_name = {a.name: a for a in find_assignments(source, filename)}
+    assignments anywhere, lowercase ones at module level (the `globals` source), the default of a
+    settings-class field (the `dataclass` source: first, when `kind` says so)."""
+    fields = {n: f.assignment for n, f in field_names(find_settings_fields(source, filename)).items()}
+    by_name = dict(fields) if kind == "dataclass" else {}
+    by_name.update({a.name: a for a in find_assignments(source, filename) if a.name not in by_name})
     if set(values) - set(by_name):
         by_name.update({a.name: a for a in find_globals(source, filename) if a.name not in by_name})
+    if set(values) - set(by_name):
+        by_name.update({n: a for n, a in fields.items() if n not in by_name})
     missing = sorted(set(values) - set(by_name))
     if missing:
         options = {a.dest: a for a in find_arguments(source, filename)}

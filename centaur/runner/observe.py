@@ -54,9 +54,15 @@ class _Observer:
         self.out_path = out_path
         self.namespaces: list[tuple[argparse.Namespace, dict[str, Any]]] = []
         self.opened = {"copy": False, "original": False}
+        self.made: list[Any] = []  # instances of the written settings classes, wherever the script made them
         self.written = False
 
     def install(self) -> None:
+        kinds = self.spec.get("instance_kinds", {})
+        if "dataclass" in kinds.values():
+            self._track_dataclasses(set(kinds))
+        if "pydantic" in kinds.values():
+            self._track_pydantic(set(kinds))
         if self.spec.get("arguments"):
             self._wrap_argparse()
         if self.spec.get("config_copy"):
@@ -75,6 +81,51 @@ class _Observer:
                         opened["original"] = True
 
             sys.addaudithook(hook)
+
+    def _track_dataclasses(self, names: set[str]) -> None:
+        """Wrap `dataclasses.dataclass` so each written settings class of the script records the instances
+        its `__init__` makes (HfArgumentParser, tyro and the script itself all go through it)."""
+        import dataclasses
+        import functools
+
+        original = dataclasses.dataclass
+        made = self.made
+
+        def track(cls: Any) -> Any:
+            if isinstance(cls, type) and cls.__name__ in names and cls.__module__ == "__main__":
+                init = cls.__init__
+
+                @functools.wraps(init)
+                def __init__(obj: Any, *args: Any, **kwargs: Any) -> None:
+                    init(obj, *args, **kwargs)
+                    made.append(obj)
+
+                cls.__init__ = __init__
+            return cls
+
+        @functools.wraps(original)
+        def dataclass(cls: Any = None, /, **kwargs: Any) -> Any:
+            if cls is None:
+                decorate = original(**kwargs)
+                return lambda c: track(decorate(c))
+            return track(original(cls, **kwargs))
+
+        dataclasses.dataclass = dataclass  # type: ignore[assignment]
+
+    def _track_pydantic(self, names: set[str]) -> None:
+        try:
+            import pydantic
+        except ImportError:
+            return
+        original = pydantic.BaseModel.__init__
+        made = self.made
+
+        def __init__(obj: Any, /, **data: Any) -> None:
+            original(obj, **data)
+            if type(obj).__name__ in names and type(obj).__module__ == "__main__":
+                made.append(obj)
+
+        pydantic.BaseModel.__init__ = __init__  # type: ignore[method-assign]
 
     def _wrap_argparse(self) -> None:
         original = argparse.ArgumentParser.parse_known_args
@@ -109,8 +160,9 @@ class _Observer:
         observed["opened"] = dict(self.opened)
         instances: dict[str, list[dict[str, Any]]] = {}
         for class_name, fields in self.spec.get("instances", {}).items():
-            found = [v for v in list(namespace.values()) if type(v).__name__ == class_name
+            found = [v for v in [*self.made, *list(namespace.values())] if type(v).__name__ == class_name
                      and getattr(type(v), "__module__", "") == "__main__"]  # fmt: skip
+            found = list({id(v): v for v in found}.values())
             instances[class_name] = [
                 {f: _plain(getattr(obj, f)) if hasattr(obj, f) else MISSING for f in fields} for obj in found
             ]

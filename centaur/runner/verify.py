@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from centaur.space.extract import ScriptError, module_level_names
+from centaur.space.settings_classes import field_names, find_settings_fields
 
 SPEC_FILE = "verify.json"
 VERIFIED, UNVERIFIED, OVERRIDDEN = "verified", "unverified", "overridden"
@@ -62,6 +63,22 @@ def plan_for_script(source: str, filename: str, values: Mapping[str, Any]) -> Ve
     for name in values:
         if name not in top:
             plan.unverifiable[name] = "assigned inside a function or class, where its value cannot be seen"
+    return plan
+
+
+def plan_for_fields(source: str, filename: str, values: Mapping[str, Any]) -> VerificationPlan:
+    """Values written into settings-class defaults (the `dataclass` source): checked on every instance
+    of the class the script made; other written names (fixed ALL_CAPS ones) as module globals."""
+    fields = field_names(find_settings_fields(source, filename))
+    plan = plan_for_script(source, filename, {n: v for n, v in values.items() if n not in fields})
+    instances: dict[str, dict[str, Any]] = {}
+    kinds: dict[str, str] = {}
+    for name, value in values.items():
+        if name in fields:
+            f = fields[name]
+            instances.setdefault(f.cls, {})[f.assignment.name] = value
+            kinds[f.cls] = f.kind
+    plan.spec.update(instances=instances, instance_kinds=kinds)
     return plan
 
 
@@ -135,7 +152,7 @@ def judge(plan: VerificationPlan, observations: Sequence[Mapping[str, Any]], *,
         for class_name, fields in spec.get("instances", {}).items():
             objects = obs.get("instances", {}).get(class_name, [])
             if not objects:
-                why = "no module-level instance when the script finished"
+                why = f"the script made no instance of {class_name} that centaur could see"
                 unseen.update({f"{class_name}.{f}": why for f in fields})
             for obj in objects:
                 for name, written in fields.items():

@@ -24,7 +24,15 @@ from centaur.space.curated import (
 from centaur.space.extract import ScriptError, find_assignments, read_script, sibling_constants
 from centaur.space.overrides import check_command, find_configurator
 from centaur.space.params import KINDS, Param, SearchSpace, SpaceError
-from centaur.space.sources import Argument, find_arguments, find_globals, named_param, tuned_by_default
+from centaur.space.settings_classes import field_names, find_settings_fields
+from centaur.space.sources import (
+    Argument,
+    canonical,
+    find_arguments,
+    find_globals,
+    named_param,
+    tuned_by_default,
+)
 
 
 def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpace:
@@ -67,7 +75,7 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
             untuned[a.name] = _named(a.name, a.value, a.choices)
             continue
         curated = curated_param(a.name, a.value) if found_in.kind == "constants" else None
-        if found_in.kind != "constants" and curated is None:
+        if curated is None:
             curated = _named(a.name, a.value, a.choices)
         if "fixed" in spec:
             value = _fixed_value(a.name, a.value, spec, curated, where)
@@ -106,7 +114,7 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
         expressions = [BATCH_CONSTRAINT]
         constants.setdefault("MAX_SEQ_LEN", AUTORESEARCH_SEQ_LEN)
     else:
-        expressions = []
+        expressions = _batch_constraint_by_meaning(names, constants)
     try:
         constraints = tuple(Constraint(e) for e in expressions)
     except ConstraintError as e:
@@ -129,6 +137,18 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
     if params and (problems := space.violations(space.defaults())):
         raise SpaceError(f"{script.name}: the script's own values are not a valid configuration: {'; '.join(problems)}")
     return space
+
+
+def _batch_constraint_by_meaning(names: set[str], constants: dict[str, Any]) -> list[str]:
+    """autoresearch's batch constraint for its knobs under other names (`--total-batch-size`,
+    `device_batch_size`, with the script's sequence length), when the script has all three."""
+    by_canonical = {canonical(n): n for n in names}
+    seq = next((n for n in constants if canonical(n) in ("MAX_SEQ_LEN", "SEQ_LEN", "SEQUENCE_LENGTH")
+                and isinstance(constants[n], int) and n.isidentifier()), None)  # fmt: skip
+    total, device = by_canonical.get("TOTAL_BATCH_SIZE"), by_canonical.get("DEVICE_BATCH_SIZE")
+    if total and device and seq and total.isidentifier() and device.isidentifier():
+        return [f"{total} % ({device} * {seq}) == 0"]
+    return []
 
 
 def load_space(script: Path | str) -> SearchSpace:
@@ -173,6 +193,7 @@ _WHAT = {
     "constants": "ALL_CAPS assignment",
     "globals": "lowercase module-level assignment",
     "argparse": "add_argument option with that destination",
+    "dataclass": "settings-class field",
     "config": "key",
 }
 
@@ -292,8 +313,20 @@ def discover(source: str, filename: str, config: ProjectConfig) -> Found:
             Candidate(a.dest, a.default, tuned_by_default(a.dest, a.default, names, a.choices), a.choices)
             for a in arguments
         ],
-        "constants": [Candidate(a.name, a.value) for a in find_assignments(source, filename)],
+        "constants": [],
     }
+    found_constants = find_assignments(source, filename)
+    constant_names = {a.name for a in found_constants}
+    by_kind["constants"] = [Candidate(a.name, a.value, tuned_by_default(a.name, a.value, constant_names))
+                            for a in found_constants]  # fmt: skip
+    settings = field_names(find_settings_fields(source, filename))
+    setting_names = {f.assignment.name for f in settings.values()}
+    by_kind["dataclass"] = [
+        Candidate(name, f.assignment.value,
+                  f"passed explicitly where {f.cls} is made, so its default never runs" if f.explicit
+                  else tuned_by_default(f.assignment.name, f.assignment.value, setting_names))
+        for name, f in settings.items()
+    ]  # fmt: skip
     found_globals = find_globals(source, filename)
     global_names = {a.name for a in found_globals}
     by_kind["globals"] = [Candidate(a.name, a.value, tuned_by_default(a.name, a.value, global_names))
@@ -306,7 +339,7 @@ def discover(source: str, filename: str, config: ProjectConfig) -> Found:
         return Found(chosen, "set in centaur.toml", by_kind[chosen], args if chosen == "argparse" else {})
     wanted = set(config.params)
     if wanted:
-        for kind in ("argparse", "constants", "globals"):
+        for kind in ("argparse", "constants", "dataclass", "globals"):
             if wanted <= {c.name for c in by_kind[kind]}:
                 return Found(kind, "holds every [space.params] name of centaur.toml", by_kind[kind],
                              args if kind == "argparse" else {})  # fmt: skip
@@ -316,10 +349,16 @@ def discover(source: str, filename: str, config: ProjectConfig) -> Found:
         return Found("argparse", f"argparse options {', '.join(tunable_args[:4])}", by_kind["argparse"], args)
     tunable_constants = [
         c.name for c in by_kind["constants"]
-        if c.name not in excluded and (curated_param(c.name, c.value) or heuristic_param(c.name, c.value))
+        if c.name not in excluded and c.untuned is None
+        and (curated_param(c.name, c.value) or heuristic_param(c.name, c.value))
     ]  # fmt: skip
     if tunable_constants:
         return Found("constants", f"ALL_CAPS constants {', '.join(tunable_constants[:4])}", by_kind["constants"])
+    tunable_fields = [c.name for c in by_kind["dataclass"] if c.untuned is None and c.name not in excluded]
+    if tunable_fields:
+        classes = sorted({f.cls for f in settings.values()})
+        return Found("dataclass", f"fields of {', '.join(classes)}: {', '.join(tunable_fields[:4])}",
+                     by_kind["dataclass"])  # fmt: skip
     tunable_globals = [c.name for c in by_kind["globals"] if c.untuned is None and c.name not in excluded]
     if tunable_globals:
         reason = f"module-level globals {', '.join(tunable_globals[:4])}"

@@ -6,6 +6,9 @@
   copy, which works whether or not the script also reads overrides from the command line.
 - `argparse`: `add_argument` calls with a literal default (or `action="store_true"`); a trial gets its
   values as command-line arguments.
+- `dataclass`: the literal-default fields of a settings class the script uses (`@dataclass`, attrs,
+  pydantic, NamedTuple; centaur.space.settings_classes); a trial gets its values written into the
+  class body of its work copy.
 - `config`: the scalar leaves of a YAML/JSON/TOML file the script reads, by dotted path
   (centaur.space.configfile); a trial gets a copy of the file, or `key.path=value` overrides.
 
@@ -18,15 +21,16 @@ momentum, schedule fractions; paths, seeds, logging, devices, I/O and run length
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from centaur.space.curated import heuristic_param
+from centaur.space.curated import AUTORESEARCH, curated_param, heuristic_param
 from centaur.space.extract import Assignment, constant_assignment, constant_value, find_assignments, parse_script
 from centaur.space.params import Param
 
-SOURCES: tuple[str, ...] = ("constants", "globals", "argparse", "config")
+SOURCES: tuple[str, ...] = ("constants", "globals", "argparse", "dataclass", "config")
 _LOWER_RE = re.compile(r"^[a-z][A-Za-z0-9_]*$")
 
 
@@ -142,58 +146,81 @@ def _convert(text: str, kind: type) -> Any:
         return None
 
 
-# -- what is tuned by default (globals and argparse) -----------------------------------------------
+# -- what is tuned by default (every source) --------------------------------------------------------
+# Names are read by meaning, whatever their style: `--device-batch-size`, `device_batch_size`,
+# `DEVICE_BATCH_SIZE` and `deviceBatchSize` are one knob (`canonical`), a batch size, not a device setting.
 _NEVER_WORDS = frozenset(
     "seed path dir file files filename log logs logging wandb tensorboard device devices dtype compile save "
     "out output input data dataset init backend workers worker interval print verbose cuda mps gpu gpus cpu port "
-    "url host name resume checkpoint ckpt world rank ddp debug profile dry eval test always cache root "
-    "block seq context vocab tokenizer split shard shards".split()
+    "url host name resume checkpoint ckpt world rank ddp debug profile dry eval val valid validation test always "
+    "cache root block seq context vocab tokenizer split shard shards id ids token tokens bos eos pad unk "
+    "samples examples len length".split()
 )
-_LENGTH_WORDS = frozenset("iters iter iterations steps epochs epoch max_iters".split())
+_LENGTH_WORDS = frozenset("iters iter iterations steps epochs epoch budget".split())
 _TUNE_NAMES = frozenset(
     "lr learning_rate weight_decay wd momentum dropout gamma beta1 beta2 n_layer n_layers num_layers layers depth "
-    "n_embd d_model hidden_size hidden_dim width emb_dim embed_dim embedding_dim batch_size micro_batch_size "
-    "label_smoothing min_lr max_lr grad_clip clip_grad max_grad_norm nesterov amsgrad optimizer activation "
-    "scheduler schedule".split()
+    "n_embd d_model hidden hidden_size hidden_dim width emb_dim embed_dim embedding_dim model_dim batch_size "
+    "micro_batch_size label_smoothing min_lr max_lr grad_clip clip_grad max_grad_norm nesterov amsgrad optimizer "
+    "activation scheduler schedule".split()
 )
+_TUNE_WORDS = frozenset("lr dropout warmup warmdown cooldown beta1 beta2 momentum depth layers hidden width".split())
 _DEPTH_NAMES = frozenset("n_layer n_layers num_layers layers depth".split())
 _HEAD_NAMES = frozenset("n_head n_heads num_heads heads num_attention_heads".split())
-_WIDTH_NAMES = frozenset("n_embd d_model hidden_size hidden_dim width emb_dim embed_dim embedding_dim".split())
+_WIDTH_NAMES = frozenset(
+    "n_embd d_model hidden hidden_size hidden_dim width emb_dim embed_dim embedding_dim model_dim".split()
+)
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def canonical(name: str) -> str:
+    """The ALL_CAPS form of a name in any style: `--aspect-ratio`, `aspect_ratio`, `aspectRatio` ->
+    `ASPECT_RATIO` (the autoresearch names are looked up by it)."""
+    return _CAMEL.sub("_", name.lstrip("-")).replace("-", "_").replace(".", "_").upper()
 
 
 def tuned_by_default(name: str, value: Any, all_names: set[str], choices: tuple[Any, ...] = ()) -> str | None:
     """None when `name` is tuned by default; otherwise why not (shown by `centaur space`; any found name is
     tuned once centaur.toml has a table for it)."""
-    key = name.lower()
-    words = set(re.split(r"[_\-]+", key))
-    if words & _NEVER_WORDS or key in ("out_dir", "init_from"):
-        return "an I/O, seed, logging, device or task setting"
-    if isinstance(value, str) and not choices:
+    key = canonical(name).lower()
+    words = set(key.split("_"))
+    heads = {canonical(n).lower() for n in all_names} & _HEAD_NAMES
+    if isinstance(value, str) and not choices and canonical(name) not in AUTORESEARCH:
         return "a string: give it choices in centaur.toml to tune it"
+    if canonical(name) in AUTORESEARCH:
+        return None  # one of the study's 14 hyperparameters, under any style of name
+    if "batch" in words and "size" in words and not words & {"eval", "val", "valid", "validation", "test"}:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a batch size that is not a number"
+    if words & _NEVER_WORDS or key in ("out_dir", "init_from"):
+        return "an I/O, seed, id, token, vocabulary, data, logging, device or task setting"
     if key in _HEAD_NAMES:
         return "a head count: widths must stay divisible by it"
-    if key in _WIDTH_NAMES and all_names & _HEAD_NAMES:
+    if key in _WIDTH_NAMES and heads:
         return "a width that must stay divisible by the head count"
-    if words & _LENGTH_WORDS and "warmup" not in words:
+    if words & _LENGTH_WORDS and not words & {"warmup", "warmdown", "cooldown"}:
         return "a run length: it changes the compute of a trial"
     if isinstance(value, bool) and key not in _TUNE_NAMES:
         return "a switch"
-    if key in _TUNE_NAMES or words & {"lr", "dropout", "warmup", "beta1", "beta2", "momentum"}:
-        return None
-    if "batch" in words and "size" in words:
+    if key in _TUNE_NAMES or words & _TUNE_WORDS or key.endswith("_lr"):
         return None
     if key.endswith(("_frac", "_fraction", "_ratio")) and isinstance(value, float):
+        return None
+    if {"weight", "decay"} <= words or "dropout" in key:
         return None
     return "not a name tuned by default"
 
 
 def named_param(name: str, default: Any, choices: tuple[Any, ...] = ()) -> Param | None:
-    """A range for a lowercase name that says what it is (dropout, betas, fractions...); else the heuristics."""
+    """A range for a name that says what it is: an autoresearch knob under any style of name gets its
+    curated range (when the script's value lies in it), dropout, betas, fractions... theirs; else the
+    heuristics."""
     if choices:
         if default not in choices:
             return None
         return Param(name, "categorical", default, choices=tuple(choices), source="heuristic")
-    key = name.lower()
+    curated = curated_param(canonical(name), default)
+    if curated is not None and curated.contains(default):
+        return dataclasses.replace(curated, name=name)
+    key = canonical(name).lower()
     words = set(re.split(r"[_\-]+", key))
     number = isinstance(default, (int, float)) and not isinstance(default, bool)
     if number and isinstance(default, float):
@@ -217,5 +244,6 @@ def named_param(name: str, default: Any, choices: tuple[Any, ...] = ()) -> Param
 
 
 __all__ = [
-    "SOURCES", "Argument", "find_arguments", "find_assignments", "find_globals", "named_param", "tuned_by_default",
+    "SOURCES", "Argument", "canonical", "find_arguments", "find_assignments", "find_globals", "named_param",
+    "tuned_by_default",
 ]

@@ -30,6 +30,7 @@ from centaur.study.schema import (  # noqa: F401  (re-exported: older imports na
     STUDY_PENALTY,
     STUDY_SEED,
     STUDY_TASK,
+    VERIFIED_ATTR,
     WALL_ATTR,
 )
 
@@ -72,6 +73,7 @@ class StudySummary:
     best_trial: int | None = None
     best_config: dict[str, Any] | None = None
     best_metric: float | None = None  # the best trial's metric as printed (a maximised one is stored negated)
+    verified: Counter = field(default_factory=Counter)  # trials by verdict on their values (centaur.runner.verify)
 
     @property
     def budget_left_s(self) -> float | None:
@@ -110,7 +112,8 @@ class RunningSummary:
                 _add_finished(self._finished, t)
         head = _empty_summary(study)
         return dataclasses.replace(self._finished, name=head.name, method=head.method, seed=head.seed,
-                                   budget_s=head.budget_s, n_running=running, failures=Counter(self._finished.failures))
+                                   budget_s=head.budget_s, n_running=running, failures=Counter(self._finished.failures),
+                                   verified=Counter(self._finished.verified))  # fmt: skip
 
 
 def _empty_summary(study: optuna.Study) -> StudySummary:
@@ -130,6 +133,8 @@ def _add_finished(s: StudySummary, t: FrozenTrial) -> None:
     s.sampler_s += float(t.user_attrs.get(SAMPLER_ATTR, 0.0))
     s.llm_s += float(t.user_attrs.get("llm_seconds", 0.0))
     s.llm_calls += int(t.user_attrs.get("llm_calls", 0))
+    if VERIFIED_ATTR in t.user_attrs:
+        s.verified[str(t.user_attrs[VERIFIED_ATTR])] += 1
     if str(t.user_attrs.get(SOURCE_ATTR, "")).startswith("llm-fallback"):
         s.fallbacks += 1
     if is_success(t):

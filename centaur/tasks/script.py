@@ -26,6 +26,7 @@ from centaur.runner.verify import (
     OVERRIDDEN_FIX,
     VerificationPlan,
     judge,
+    plan_for_fields,
     plan_for_script,
     read_observations,
 )
@@ -132,7 +133,7 @@ class ScriptTask:
         if self._passes_args():
             (trial_dir / "args.txt").write_text(shlex.join(args) + "\n", encoding="utf-8")
         elif config_file is None:
-            source = inject(source, values, str(self.script))
+            source = inject(source, values, str(self.script), getattr(self.space, "source", None))
             if args:  # a configurator that applies --key=value after config files: the values also go last
                 (trial_dir / "args.txt").write_text(shlex.join(args) + "\n", encoding="utf-8")
         work_copy.write_text(source, encoding="utf-8")
@@ -157,6 +158,8 @@ class ScriptTask:
                 plan.spec.update(config_copy=str(config_copy), config_original=str(config_file.path))
         elif kind == "argparse":
             plan = VerificationPlan(spec={"arguments": dict(values)})
+        elif kind == "dataclass":
+            plan = plan_for_fields(source, str(self.script), values)
         else:
             plan = plan_for_script(source, str(self.script), values)
         if self.config.runner.command and "script" not in placeholders(parse_command(self.config.runner.command)):

@@ -48,3 +48,15 @@ def test_ci_runs_the_readme_job_and_the_readme_test_command() -> None:
     assert "centaur status" in job and "n_ok >= 1" in job
     test_cmd = readme_commands()["tests"][0]
     assert test_cmd in run  # CI's test command is the README's, with extra flags at most
+    # CI sets up as the README does, plus the local LLM, so that the real-LLM tests run instead of skipping
+    setup = readme_commands()["setup"][0].split(" && ")[0]
+    assert re.search(rf"^{re.escape(setup)} --llm \.ci-venv$", run, re.MULTILINE)
+
+
+def test_setup_takes_the_llm_option_and_refuses_unknown_ones() -> None:
+    import subprocess
+
+    usage = subprocess.run([str(REPO / "scripts" / "setup"), "--help"], capture_output=True, text=True, check=False)
+    assert usage.returncode == 0 and "scripts/setup [--llm] [VENV]" in usage.stdout
+    bad = subprocess.run([str(REPO / "scripts" / "setup"), "--lm"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "unknown option --lm" in bad.stderr

@@ -26,7 +26,8 @@ from typing import Any
 from centaur.llm.errors import LLMError
 from centaur.llm.settings import LLMSettings, default_threads
 
-INSTALL_HINT = "pip install 'centaur-hpo[llm]'"
+# scripts/setup leaves the local LLM out (compiling llama.cpp takes ~10 min): say how to add it.
+INSTALL_HINT = "scripts/setup --llm in a clone (compiles llama.cpp once, ~10 min), or pip install 'centaur-hpo[llm]'"
 DEFAULT_ALIAS = "smollm2-135m-instruct"
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from centaur.runner import InjectionError, classify, format_value, inject, parse_metrics
+from centaur.runner import InjectionError, classify, format_value, parse_metrics
+from centaur.runner.inject import inject
 from centaur.runner.process import scrubbed_environment
 from centaur.space import find_assignments
 from centaur.tasks.base import TrialStatus

@@ -193,6 +193,11 @@ def test_argparse_values_are_verified(tmp_path):
     """})  # fmt: skip
     result = centaur.tune(script, method="random", n_trials=3, run_dir=tmp_path / "runs")
     assert [t.user_attrs["verified"] for t in _trials(result)] == ["verified"] * 3
+    from centaur.report.collect import runs_from_storage
+    from centaur.report.render import verification_md
+
+    section = "\n".join(verification_md(runs_from_storage(tmp_path / "runs")))
+    assert "## The values that ran" in section and "| 3 | 0 | 0 | 3 |" in section
 
 
 def test_mutated_parse_args_result_is_overridden(tmp_path):

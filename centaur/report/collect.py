@@ -16,7 +16,15 @@ from optuna.trial import TrialState
 from centaur.bench.grid import SECONDS_ATTR
 from centaur.paths import absolute_path, absolute_storage_url
 from centaur.study.records import cost_of, is_success, status_of
-from centaur.study.schema import CONFIG_ATTR, SOURCE_ATTR, STUDY_BUDGET, STUDY_METHOD, STUDY_SEED, STUDY_TASK
+from centaur.study.schema import (
+    CONFIG_ATTR,
+    SOURCE_ATTR,
+    STUDY_BUDGET,
+    STUDY_METHOD,
+    STUDY_SEED,
+    STUDY_TASK,
+    VERIFIED_ATTR,
+)
 from centaur.study.storage import open_storage
 
 if TYPE_CHECKING:
@@ -44,6 +52,7 @@ class TrialRecord:
     source: str = ""  # proposal_source: the sampler's name, "baseline", "llm", "llm-fallback:<kind>", ...
     config_key: str | None = None  # the configuration's identity (repeated evaluations share it)
     llm_share: float | None = None  # Centaur: the share of LLM turns when this trial was decided
+    verified: str | None = None  # script tasks: verified | unverified | overridden (centaur.runner.verify)
 
 
 @dataclass
@@ -196,6 +205,7 @@ def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
         source=str(t.user_attrs.get(SOURCE_ATTR, "")),
         config_key=_config_key(t.user_attrs.get(CONFIG_ATTR) or t.params),
         llm_share=_finite(t.user_attrs.get(SHARE_ATTR)),
+        verified=t.user_attrs.get(VERIFIED_ATTR),
     )
 
 

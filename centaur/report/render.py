@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +220,26 @@ def runs_md(runs: list[Run]) -> str:
     return _table(header, body)
 
 
+def verification_md(runs: list[Run]) -> list[str]:
+    """"The values that ran": per run, how many trials ran the values they record (script tasks only)."""
+    rows = []
+    for r in sorted(runs, key=lambda r: (r.method, r.seed)):
+        verdicts = Counter(t.verified for t in r.counted if t.verified)
+        if verdicts:
+            rows.append([r.name, str(verdicts["verified"]), str(verdicts["unverified"]), str(verdicts["overridden"]),
+                         str(len(r.counted))])  # fmt: skip
+    if not rows:
+        return []
+    return [
+        "## The values that ran",
+        "Each trial's process recorded the values the script really used (docs/your-script.md, \"The value that "
+        "ran\"): *verified*, all equal the recorded ones; *unverified*, some could not be seen (the study "
+        "records which and why); *overridden*, the script ran other values (such a trial is a failure and "
+        "stopped its study).",
+        _table(["study", "verified", "unverified", "overridden", "trials"], rows),
+    ]
+
+
 def winners_curse_md(runs: list[Run]) -> str:
     """Per run: how often its best configuration was evaluated, the mean of those evaluations, and the gap
     between the best single value and that mean. A best that is the minimum of many noisy evaluations of
@@ -291,6 +312,7 @@ def build_report(runs: list[Run], out_dir: Path | str, *, title: str, source: st
         + "*OOM%*: failed trials of any cause as a "
         "share of all trials, as the reference study counts it; the failure classes say which. LLM columns and "
         "fallbacks are sums per run, averaged over seeds. *Wall s / study*: benchmark wall seconds per study.",
+        *verification_md(runs),
         "## Convergence",
         "![best so far against the cumulative budget, mean and ±1 std over seeds](convergence.png)",
     ]

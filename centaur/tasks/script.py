@@ -16,9 +16,9 @@ from typing import Any
 from centaur.config import ProjectConfig, config_path_for, load_config
 from centaur.hardware import describe_hardware
 from centaur.paths import absolute_path
-from centaur.runner import classify, inject, run_script
+from centaur.runner import classify, run_script
 from centaur.runner.command import STARTER, command_argv, parse_command, placeholders, starter_source
-from centaur.runner.inject import argv_for, retarget_paths
+from centaur.runner.inject import argv_for, inject, retarget_paths
 from centaur.runner.outcome import metric_file_values, metric_values, reduce_values
 from centaur.runner.progress import ProgressPattern, ProgressReader, TrialWatch, current_watch
 from centaur.runner.verify import (

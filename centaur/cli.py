@@ -100,6 +100,14 @@ def space(
         console.print(f"  not tuned: {name} ({why})")
     for c in sp.constraints:
         console.print(f"  constraint: {c.expression}  (a violating configuration is recorded as invalid, not run)")
+    if getattr(sp, "override_note", ""):
+        console.print(f"  values passed last: {sp.override_note}")
+    if getattr(sp, "source", "") in ("constants", "globals"):
+        from centaur.runner.verify import plan_for_script
+
+        hidden = plan_for_script(script.read_text(encoding="utf-8"), str(script), sp.defaults()).unverifiable
+        for name, why in hidden.items():
+            console.print(f"  cannot be verified at run time: {name} ({why})")
     if write:
         path = write_config(script, sp)
         console.print(f"wrote {path}")

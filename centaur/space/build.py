@@ -363,7 +363,8 @@ def discover(source: str, filename: str, config: ProjectConfig) -> Found:
     if tunable_globals:
         reason = f"module-level globals {', '.join(tunable_globals[:4])}"
         if _reads_overrides(source):
-            reason += " (the script also reads --key=value overrides; values are written into the work copy)"
+            reason += (" (the script also reads --key=value overrides: a trial's values are written into the work "
+                       "copy, and passed last when the script applies them to its globals)")
         return Found("globals", reason, by_kind["globals"])
     return Found("constants", "nothing else found", by_kind["constants"])
 

@@ -149,13 +149,19 @@ def _convert(text: str, kind: type) -> Any:
 # -- what is tuned by default (every source) --------------------------------------------------------
 # Names are read by meaning, whatever their style: `--device-batch-size`, `device_batch_size`,
 # `DEVICE_BATCH_SIZE` and `deviceBatchSize` are one knob (`canonical`), a batch size, not a device setting.
-_NEVER_WORDS = frozenset(
-    "seed path dir file files filename log logs logging wandb tensorboard device devices dtype compile save "
-    "out output input data dataset init backend workers worker interval print verbose cuda mps gpu gpus cpu port "
-    "url host name resume checkpoint ckpt world rank ddp debug profile dry eval val valid validation test always "
-    "cache root block seq context vocab tokenizer split shard shards id ids token tokens bos eos pad unk "
-    "samples examples len length".split()
-)
+_NEVER = {  # what a word in a name says the setting is, when it is never tuned by default
+    "a seed": "seed",
+    "an id, token or vocabulary setting": "id ids token tokens bos eos pad unk vocab tokenizer",
+    "a data setting": "data dataset split shard shards samples examples input",
+    "an I/O setting": "path dir file files filename out output save resume checkpoint ckpt cache root url host "
+                      "port name init",
+    "a logging setting": "log logs logging wandb tensorboard print verbose interval profile",
+    "a device or runtime setting": "device devices dtype compile backend workers worker cuda mps gpu gpus cpu world "
+                                   "rank ddp",
+    "a context length": "block seq context len length",
+    "an evaluation, test or debug setting": "eval val valid validation test always debug dry",
+}
+_NEVER_WORDS = {word: what for what, words in _NEVER.items() for word in words.split()}
 _LENGTH_WORDS = frozenset("iters iter iterations steps epochs epoch budget".split())
 _TUNE_NAMES = frozenset(
     "lr learning_rate weight_decay wd momentum dropout gamma beta1 beta2 n_layer n_layers num_layers layers depth "
@@ -190,8 +196,9 @@ def tuned_by_default(name: str, value: Any, all_names: set[str], choices: tuple[
         return None  # one of the study's 14 hyperparameters, under any style of name
     if "batch" in words and "size" in words and not words & {"eval", "val", "valid", "validation", "test"}:
         return None if isinstance(value, int) and not isinstance(value, bool) else "a batch size that is not a number"
-    if words & _NEVER_WORDS or key in ("out_dir", "init_from"):
-        return "an I/O, seed, id, token, vocabulary, data, logging, device or task setting"
+    never = sorted(words & set(_NEVER_WORDS))
+    if never:
+        return _NEVER_WORDS[never[0]]
     if key in _HEAD_NAMES:
         return "a head count: widths must stay divisible by it"
     if key in _WIDTH_NAMES and heads:

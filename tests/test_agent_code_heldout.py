@@ -11,6 +11,7 @@ import ast
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import optuna
 import pytest
 from fake_llm_server import FakeLLMServer
 
-from centaur.agentcode.bwrap import sandbox_problem
+from centaur.agentcode.bwrap import View, build_argv, sandbox_problem
 from centaur.agentcode.heldout import build_split, held_out_names, masks, stdlib_dirs
 from centaur.agentcode.loop import DECISION_ATTR
 from centaur.api import BUNDLED_TASK, tune
@@ -131,6 +132,27 @@ def test_held_out_packages_are_chosen_and_masked_everywhere():
     # None of the held-out text is in the training split.
     for needle in needles_of(split.held_out, 4, 3):
         assert needle not in split.train.tobytes()
+
+
+@needs_sandbox
+@pytest.mark.parametrize("sealed", [False, True], ids=["training view", "model process view"])
+def test_the_masks_are_what_hides_the_held_out_packages(sealed):
+    """The control: without the masks a search of every standard library in view finds the held-out text
+    (so the slow test below can fail); with them it finds nothing, in both kinds of view."""
+    split = build_split(Path("unused"), "stdlib")
+    needles = needles_of(split.held_out, 3, 5)
+    grep = ["grep", "-rlF", "--include=*.py", "--exclude-dir=site-packages", "--exclude-dir=dist-packages",
+            *(a for n in needles for a in ("-e", n.decode())), *map(str, stdlib_dirs())]
+
+    def found(hidden: list[Path]) -> list[str]:
+        view = View(hidden=hidden, chdir="/", sealed=sealed, as_pid_1=sealed)
+        done = subprocess.run(build_argv(grep, view, env={"PATH": "/usr/bin:/bin"}), capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode in (0, 1), done.stderr  # 1: grep ran and matched nothing
+        return done.stdout.split()
+
+    assert found([]), "the held-out packages should be readable without the masks"
+    assert found(masks(split.held_out_names)) == []
 
 
 @needs_sandbox

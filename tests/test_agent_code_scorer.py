@@ -135,7 +135,14 @@ def test_no_state_reaches_the_next_batch(tmp_path):
                 wrote.append("shm")
             except Exception as e:
                 wrote.append(type(e).__name__)
-            print("ATTACK found", found, "wrote", wrote, file=sys.stderr, flush=True)
+            parent = []  # the zygote (PID 1) holds the pipes and forked this child: its memory, its descriptors
+            for path in ("/proc/1/mem", "/proc/1/fd/0", "/proc/1/environ"):
+                try:
+                    open(path, "rb").read(1)
+                    parent.append(path)
+                except OSError as e:
+                    parent.append(type(e).__name__)
+            print("ATTACK found", found, "wrote", wrote, "parent", parent, file=sys.stderr, flush=True)
             return None
         ''')
     lines = attack_lines(log)
@@ -143,7 +150,9 @@ def test_no_state_reaches_the_next_batch(tmp_path):
     assert len(lines) == result.batches >= 3  # the attack ran in every batch
     for line in lines:
         assert line.startswith("found [0, 0, '', []]"), line  # nothing from an earlier batch
-        assert "shm" not in line.split("wrote")[1] and "/tmp/seen.bin'" not in line, line  # no write succeeded
+        wrote, parent = line.split("wrote")[1].split("parent")
+        assert "shm" not in wrote and "/" not in wrote, line  # no write succeeded
+        assert "/proc" not in parent and "PermissionError" in parent, line  # the zygote is not readable
 
 
 @needs_sandbox

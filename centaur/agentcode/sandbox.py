@@ -261,14 +261,16 @@ def run_isolated(
                             *((src, dest, False) for src, dest in mapped)])
         command = build_argv(command, view, env=env)
         network_isolated = True
-    elif isolate_network:
-        prefix, warning = network_isolation()
-        if warning:
-            log.warning(warning)
-        command = [*prefix, *command]
-        network_isolated = bool(prefix)
-    elif handover:
-        env["CENTAUR_HANDOVER"] = json.dumps({"function": handover, "path": str(out_dir.resolve() / MODEL_FILE)})
+    else:
+        if isolate_network:
+            prefix, warning = network_isolation()
+            if warning:
+                log.warning(warning)
+            command = [*prefix, *command]
+            network_isolated = bool(prefix)
+        if handover:  # with or without the network namespace (it was set only without one)
+            env["CENTAUR_HANDOVER"] = json.dumps({"function": handover,
+                                                  "path": str(out_dir.resolve() / MODEL_FILE)})
     before = snapshot(task_dir)
     scanner = _TagScanner(token) if token else None
     watchdog = _Watchdog(max_processes, memory_cap_bytes * 4 if memory_cap_bytes else None) if sandbox else None

@@ -56,8 +56,8 @@ def small_task(dest: Path) -> Path:
     dest.mkdir()
     for name in ("prepare.py", "centaur.toml"):
         shutil.copy(BUNDLED_TASK.parent / name, dest / name)
-    source = BUNDLED_TASK.read_text().replace("TIME_BUDGET = 40", "TIME_BUDGET = 1")
-    # A quarter of the default batch: a step fits the task's step guard (TIME_BUDGET / 4) on a loaded core.
+    # 2 s and a quarter of the default batch: a step fits a quarter of the budget on a loaded core.
+    source = BUNDLED_TASK.read_text().replace("TIME_BUDGET = 40", "TIME_BUDGET = 2")
     source = source.replace("TOTAL_BATCH_SIZE = 2**12", "TOTAL_BATCH_SIZE = 2**10")
     source = source.replace("DEVICE_BATCH_SIZE = 16 ", "DEVICE_BATCH_SIZE = 4 ")
     (dest / "train.py").write_text(source.replace("EVAL_BYTES = 2**17", "EVAL_BYTES = 2**12"))

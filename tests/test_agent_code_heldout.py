@@ -108,7 +108,7 @@ def attacked_task(dest: Path, run_dir: Path) -> Path:
     dest.mkdir()
     for name in ("prepare.py", "centaur.toml"):
         shutil.copy(BUNDLED_TASK.parent / name, dest / name)
-    source = BUNDLED_TASK.read_text().replace("TIME_BUDGET = 40", "TIME_BUDGET = 1")
+    source = BUNDLED_TASK.read_text().replace("TIME_BUDGET = 40", "TIME_BUDGET = 2")
     source = source.replace("TOTAL_BATCH_SIZE = 2**12", "TOTAL_BATCH_SIZE = 2**10")
     source = source.replace("DEVICE_BATCH_SIZE = 16 ", "DEVICE_BATCH_SIZE = 4 ").replace("EVAL_BYTES = 2**17",
                                                                                           "EVAL_BYTES = 2**12")

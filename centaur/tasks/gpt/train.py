@@ -18,6 +18,7 @@ import math
 import os
 import resource
 import sys
+import threading
 import time
 
 # Idle OpenMP threads sleep instead of spinning: with spinning, a trial that shares its cores with
@@ -65,6 +66,10 @@ _H100_BF16_PEAK_FLOPS = 989.5e12
 _CPU_PEAK_FLOPS_PER_THREAD = 1.0e11  # nominal (AVX-512 FMA at ~3 GHz); MFU on CPU is indicative only
 _PROGRESS_MARKS = 8  # progress estimates per run, at equal shares of TIME_BUDGET (the last share is the result)
 _PROGRESS_SHARE = 16  # an estimate scores EVAL_BYTES // this many bytes
+# A configuration must fit this many optimizer steps into TIME_BUDGET; one whose first steps are slower is
+# ended at once as invalid (StepGuard) instead of running its uncounted steps and one overlong counted step
+# into the trial's timeout.
+_MIN_STEPS = 4
 _ADAM_BETAS = (0.8, 0.95)
 _SOFTCAP = 15.0
 
@@ -102,6 +107,36 @@ def _settings() -> dict:
 def _invalid(reason: str) -> None:
     print(f"INVALID: {reason}", flush=True)
     sys.exit(3)
+
+
+class StepGuard:
+    """Ends the run as invalid (exit 3, `INVALID:`) the moment one of the optimizer steps `first` to `last`
+    (exclusive) runs longer than `limit` seconds. A thread watches the clock, so a step that takes minutes (a
+    large model with a large TOTAL_BATCH_SIZE on a CPU) is stopped at the limit, not when it finally returns."""
+
+    def __init__(self, limit: float, first: int, last: int, describe: str) -> None:
+        self.limit, self.first, self.last, self.describe = limit, first, last, describe
+        self._started: float | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, name="step-guard", daemon=True).start()
+
+    def step_started(self, step: int) -> None:
+        if step >= self.last:
+            self._done.set()
+        elif step >= self.first:
+            self._started = time.perf_counter()
+
+    def step_ended(self) -> None:
+        self._started = None
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.2):
+            started = self._started
+            if started is not None and time.perf_counter() - started > self.limit:
+                print(f"\nINVALID: one optimizer step took more than {self.limit:.1f} s, 1/{_MIN_STEPS} of "
+                      f"TIME_BUDGET = {TIME_BUDGET} s ({self.describe}); lower TOTAL_BATCH_SIZE or the model size",
+                      flush=True)  # fmt: skip
+                os._exit(3)
 
 
 def validate_config() -> None:
@@ -414,6 +449,11 @@ def main() -> int:
         flush=True,
     )
 
+    # Every uncounted step and the first counted one; with torch.compile the first counted one only (compiling
+    # a step may take longer than the limit).
+    last = cfg["uncounted_steps"] + 1
+    guard = StepGuard(TIME_BUDGET / _MIN_STEPS, last - 1 if cfg["compile"] else 0, last,
+                      f"{num_params / 1e6:.1f}M parameters, {TOTAL_BATCH_SIZE} tokens per step")  # fmt: skip
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     end = "\r" if sys.stdout.isatty() else "\n"
     x, y = batches.next()
@@ -423,6 +463,7 @@ def main() -> int:
     while True:
         sync()
         t0 = time.perf_counter()
+        guard.step_started(step)
         loss_sum = 0.0
         for _ in range(grad_accum):
             with autocast:
@@ -445,6 +486,7 @@ def main() -> int:
             print(f"\nFAIL: loss diverged at step {step}", flush=True)
             sys.exit(4)
         sync()
+        guard.step_ended()
         dt = time.perf_counter() - t0
         if step >= cfg["uncounted_steps"]:
             counted += dt

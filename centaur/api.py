@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from centaur.study.schema import STUDY_PENALTY
 from centaur.study.storage import default_storage_url
 from centaur.tasks.base import Task
 from centaur.tasks.spec import BUNDLED_TASK, resolve_task, task_spec
+from centaur.tracking import Callback, TrackingSettings, build_trackers
 from centaur.units import parse_duration
 
 DEFAULT_RUN_ROOT = Path("centaur-runs")
@@ -67,6 +69,8 @@ def tune(
     gpus: list[str] | None = None,
     keep_going: bool = False,
     pruner: str | PrunerSettings | dict[str, Any] | None = None,
+    callbacks: Sequence[Callback] | None = None,
+    tracking: TrackingSettings | dict[str, Any] | None = None,
 ) -> TuneResult:
     """Tune `task` with `method` until `budget` (seconds or "24h") of counted compute is spent.
 
@@ -82,6 +86,10 @@ def tune(
     a name ("median", "percentile", "successive-halving", "hyperband", "wilcoxon"; default "none"), a
     dict {"kind": ..., "warmup": "60s", ...} or PrunerSettings (docs/pruning.md). It is part of what
     defines the study.
+    `callbacks` are called as Optuna calls them, `callback(study, frozen_trial)`, after every finished
+    trial (in this process: not with `workers` > 1). `tracking` logs every trial to MLflow and/or W&B
+    ({"mlflow": URI, "wandb": PROJECT, ...}, or `[tracking]` of centaur.toml; centaur.tracking), in every
+    worker. A callback or tracker that fails is logged and never stops the study.
     """
     budget_s = check_run_options(budget=budget, penalty=penalty, workers=workers, n_trials=n_trials)
     pruning = pruner_settings(pruner)
@@ -105,11 +113,19 @@ def tune(
     from centaur.study.workers import check_parallel_method
 
     check_parallel_method(method, workers)
+    tracked = _tracking_settings(tracking, config)
+    callbacks = list(callbacks or [])
+    if callbacks and workers > 1:
+        raise ValueError("callbacks run in this process: with workers > 1 use tracking (or [tracking] in "
+                         "centaur.toml), which every worker builds for itself")  # fmt: skip
     pruning = with_task_fidelity(pruning, task)
     check_pruning(task, method, pruning, own_loop=method_info(method).own_loop)
     if method_info(method).own_loop:  # agent-code edits the script itself: its own loop, not a sampler
         from centaur.agentcode.loop import tune_agent_code
 
+        if callbacks or tracked.active:
+            raise ValueError(f"callbacks and tracking are not available with {method} yet; its trials are in the "
+                             "study (centaur status, centaur report)")  # fmt: skip
         return tune_agent_code(
             task, storage=storage, study_name=study_name, seed=seed, budget_s=budget_s, n_trials=n_trials,
             penalty=penalty, run_dir=trial_dir, options=options, llm=llm, progress=progress,
@@ -158,6 +174,7 @@ def tune(
             "trial_timeout_s": getattr(timeout, "trial_timeout_s", None),
             "llm": llm_arg,  # never a key: workers read theirs from their own environment
             "keep_going": keep_going,
+            "tracking": tracked.as_dict(),
         }
         store_settings(study, settings)  # what `centaur worker` needs to join this study
         if workers > 1:
@@ -169,10 +186,17 @@ def tune(
             )  # fmt: skip
         return run_worker(
             task, study, run_dir=trial_dir, budget_s=budget_s, n_trials=n_trials, penalty=penalty, progress=progress,
-            keep_going=keep_going,
+            keep_going=keep_going, callbacks=[*build_trackers(tracked, trial_dir / "tracking"), *callbacks],
         )  # fmt: skip
     finally:
         _close(sampler)
+
+
+def _tracking_settings(tracking: TrackingSettings | dict[str, Any] | None, config: Any) -> TrackingSettings:
+    """`tracking` over centaur.toml's `[tracking]` (key by key)."""
+    given = tracking.as_dict() if isinstance(tracking, TrackingSettings) else dict(tracking or {})
+    base = dict(getattr(config, "tracking", {}) or {})
+    return TrackingSettings.parse({**base, **given}, "tracking" if given else "[tracking]")
 
 
 def pruner_settings(pruner: str | PrunerSettings | dict[str, Any] | None) -> PrunerSettings:

@@ -18,6 +18,7 @@ from centaur.api import BUNDLED_TASK, DEFAULT_METHOD, DEFAULT_RUN_ROOT, resolve_
 from centaur.entry import quiet_optuna
 from centaur.errors import USER_ERRORS
 from centaur.methods.base import MethodError, available_methods
+from centaur.paths import absolute_storage_url
 from centaur.runner.inject import argv_for, inject
 from centaur.study.pruning import PrunerSettings
 from centaur.study.records import StudySummary, summarize
@@ -192,6 +193,12 @@ def tune_cmd(
         typer.Option(help="run complete short schedules of this script parameter first, e.g. TIME_BUDGET "
                      "(default: [task] fidelity)"),
     ] = None,
+    mlflow: Annotated[
+        str | None, typer.Option(help="log every trial to MLflow at this tracking URI, e.g. sqlite:///mlflow.db")
+    ] = None,
+    wandb: Annotated[
+        str | None, typer.Option(help="log every trial to this W&B project (offline; [tracking] wandb_mode)")
+    ] = None,
 ) -> None:
     """Tune SCRIPT. Running the same command again resumes the study."""
     from centaur.progress import RichProgress
@@ -225,6 +232,8 @@ def tune_cmd(
             gpus=parse_gpus(gpus),
             keep_going=keep_going,
             pruner=pruning,
+            tracking={**({"mlflow": absolute_storage_url(mlflow)} if mlflow else {}),
+                      **({"wandb": wandb} if wandb else {})},  # fmt: skip
         )
     except USER_ERRORS as e:
         _fail(e)

@@ -12,7 +12,7 @@ from typing import Any
 from centaur.units import parse_duration, parse_size
 
 CONFIG_NAME = "centaur.toml"
-_SECTIONS = {"task", "runner", "space", "constants", "llm", "study", "methods"}
+_SECTIONS = {"task", "runner", "space", "constants", "llm", "study", "methods", "tracking"}
 _PARAM_KEYS = {"type", "low", "high", "log", "choices", "fixed", "exclude", "default", "help"}
 
 
@@ -40,6 +40,7 @@ class ProjectConfig:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     constants: dict[str, Any] = field(default_factory=dict)
     llm: dict[str, Any] = field(default_factory=dict)
+    tracking: dict[str, Any] = field(default_factory=dict)  # [tracking]: centaur.tracking.TrackingSettings
     study: dict[str, Any] = field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     space_source: str | None = None  # [space] source (SPACE_SOURCES); None: detected
@@ -84,6 +85,7 @@ def load_config(path: Path | None) -> ProjectConfig:
     cfg = ProjectConfig(path=path)
     cfg.task = _table(data, "task", path)
     cfg.llm = _table(data, "llm", path)
+    cfg.tracking = _table(data, "tracking", path)
     cfg.study = _table(data, "study", path)
     cfg.constants = _table(data, "constants", path)
     cfg.methods = _table(data, "methods", path)

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,6 +58,7 @@ from centaur.study.schema import (
 )
 from centaur.study.storage import open_storage
 from centaur.tasks.base import Task, TrialResult, TrialStatus
+from centaur.tracking.callbacks import Callback, notify
 from centaur.units import format_duration
 
 log = logging.getLogger(__name__)
@@ -354,6 +355,7 @@ def run_worker(
     progress: ProgressHook | None = None,
     keep_going: bool = False,
     max_same_failures: int = DEFAULT_MAX_SAME_FAILURES,
+    callbacks: Sequence[Callback] = (),
 ) -> TuneResult:
     """Run trials until the shared budget is spent, `n_trials` were started here, or a stop signal.
 
@@ -368,6 +370,8 @@ def run_worker(
 
     The study's pruner (its identity, centaur.study.pruning) is built here, so every worker prunes
     alike; a pruned trial counts its cost, is recorded PRUNED and never counts towards a failure streak.
+    `callbacks` (Optuna's signature, `callback(study, frozen_trial)`) are called after every trial this
+    worker finished; one that raises is logged and the study goes on.
     """
     run_dir = Path(run_dir)
     plan = _pruning_plan(task, study)
@@ -401,7 +405,7 @@ def run_worker(
                 reason = "stopped by signal"
                 break
             ran = _run_one(task, study, run_dir=run_dir, penalty=penalty, progress=progress, journal=journal,
-                           plan=plan)
+                           plan=plan, reread=bool(callbacks))
             if ran is None:
                 continue  # the trial went to another worker
             frozen, result = ran
@@ -409,6 +413,7 @@ def run_worker(
             if progress:
                 summary = with_retries(lambda: summarize_here(study), "reading the study")
                 progress.on_trial_end(frozen, summary)
+            notify(callbacks, study, frozen)  # trackers: one that fails is logged, never stops the study
             if result.extra.get(STATUS_ATTR) == PRUNED_STATUS:
                 same_failures.reset()  # it ran: whatever failed before, this configuration did not
             elif not keep_going or result.status is TrialStatus.OVERRIDDEN:  # never run on with values that did not run
@@ -483,8 +488,10 @@ def _run_one(
     progress: ProgressHook | None,
     journal: ResultJournal | None = None,
     plan: tuple[PrunerSettings, ProgressPattern | None] | None = None,
+    reread: bool = False,
 ) -> tuple[FrozenTrial | optuna.Trial, TrialResult] | None:
-    """Run one trial; None when it went to another worker. The stored trial is re-read only for progress.
+    """Run one trial; None when it went to another worker. The stored trial is re-read only for progress
+    (or `reread`: for the callbacks).
     With a progress `pattern` (a pruned study), its intermediate values are reported while it runs and
     the pruner may stop it; the returned result of a pruned trial has extra status "pruned"."""
     started_trial = _start_trial(task, study)
@@ -521,7 +528,7 @@ def _run_one(
     if pruning is not None and pruning.pruned:
         record_result(study, trial, result, penalty, journal=journal, pruned=pruning.attrs())
         result.extra[STATUS_ATTR] = PRUNED_STATUS
-        if progress:
+        if progress or reread:
             return with_retries(lambda: op.read_trial(study, trial), "reading a trial"), result
         return trial, result
     if result.status is not TrialStatus.OK and _persistent(study):
@@ -536,7 +543,7 @@ def _run_one(
             with_retries(lambda: close_trial_as_lost(study, frozen, elapsed, why), "closing a lost trial")
             raise e from None
     record_result(study, trial, result, penalty, journal=journal)
-    if progress:
+    if progress or reread:  # the finished trial, as stored, for the progress display and the callbacks
         return with_retries(lambda: op.read_trial(study, trial), "reading a trial"), result
     return trial, result
 

@@ -38,6 +38,7 @@ from centaur.study.schema import (
 from centaur.study.storage import open_storage
 from centaur.tasks.base import Task
 from centaur.tasks.spec import resolve_task
+from centaur.tracking import TrackingSettings, build_trackers
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ def join_study(
             penalty=penalty,
             progress=progress,
             keep_going=bool(settings.get("keep_going", False)),
+            callbacks=build_trackers(TrackingSettings.parse(settings.get("tracking")), trial_dir / "tracking"),
         )
     finally:
         close = getattr(sampler, "close", None)

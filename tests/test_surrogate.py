@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("lightgbm")
-pytest.importorskip("pandas")
+pd = pytest.importorskip("pandas")
 
 from centaur.surrogate import features as F  # noqa: E402
 from centaur.surrogate.data import (  # noqa: E402
@@ -412,3 +412,80 @@ def test_cli_validate_prints_holdout_splits_in_80_columns(tmp_path: Path) -> Non
     assert set(json.loads((tmp_path / "r.json").read_text())["holdout"]) == {"run", "seed"}
     bad = runner.invoke(cli.app, ["validate", "--trials", str(data), "--split", "runs"])
     assert bad.exit_code == 2 and "--split" in bad.output
+
+
+# -- the scaling law under the trees ---------------------------------------------------------------
+
+
+LR_MULTS = (1.0, 1.02, 2.0, 4.0)  # of the optimal MATRIX_LR: two runs at the optimum, two worse
+
+
+def law_trials(ar_max: int, seed: int = 0) -> pd.DataFrame:
+    """A study on a grid of architectures whose best val_bpb follows a known law in params, tokens and steps,
+    each run with the matrix learning rates LR_MULTS (val_bpb + 0.01 log2(mult)^2), defaults repeated for the
+    noise model; only aspect ratios up to AR_MAX."""
+    from centaur.surrogate.data import COLUMNS
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for depth in (4, 6, 8, 10, 12):
+        for ar in (32, 48, 64, 80, 96, 112, 128):
+            for tbs in (2**17, 2**18, 2**19, 2**20):
+                if ar > ar_max:
+                    continue
+                for mult in LR_MULTS:
+                    c = dict(DEFAULT_CONFIG, DEPTH=depth, ASPECT_RATIO=ar, TOTAL_BATCH_SIZE=tbs, MATRIX_LR=0.04 * mult)
+                    rows.append({**c, "val_bpb": true_law(c) + 0.01 * math.log2(mult) ** 2 + rng.normal(0, 2e-4)})
+    rows += [{**DEFAULT_CONFIG, "val_bpb": true_law(DEFAULT_CONFIG) + rng.normal(0, 2e-4)} for _ in range(6)]
+    df = pd.DataFrame(rows)
+    df["method"], df["seed"], df["tid"], df["success"], df["wt"] = "A", 0, range(len(df)), True, 300.0
+    return df[list(COLUMNS)]
+
+
+def true_law(c: dict) -> float:
+    ph = F.physical(F.config_columns([c]))
+    n, d, s = ph["params_nonembed"][0] / 2.5e7, ph["tokens_300s"][0] / 5e8, ph["steps_300s"][0] / 950.0
+    return 0.80 + 0.1 * n**-0.5 + 0.06 * d**-0.45 + 0.04 * s**-0.6
+
+
+def n_cells(df: pd.DataFrame) -> int:
+    """Architecture cells with a value below the law's cap (1.1): the smallest models' are all above it."""
+    from centaur.surrogate.scaling import ARCH_HPS
+
+    return int((df.groupby(list(ARCH_HPS))["val_bpb"].min() < 1.1).sum())
+
+
+def test_scaling_law_fits_the_envelope_over_learning_rates() -> None:
+    from centaur.surrogate.scaling import fit_scaling_law
+
+    df = law_trials(ar_max=128)
+    law = fit_scaling_law(df)
+    assert law is not None and law.n_cells == n_cells(df)
+    best = df[df["MATRIX_LR"] == 0.04]  # the cells' best runs: the law is theirs, not the mean over LRs (+0.0125)
+    err = law.predict(F.frame_columns(best)) - best["val_bpb"].to_numpy()
+    assert np.sqrt(np.mean(err**2)) < 1e-3 and abs(err.mean()) < 5e-4
+    assert law.e == pytest.approx(0.80, abs=0.03) and all(p > 0 for p in law.p)
+    assert fit_scaling_law(df.head(40)) is None  # 10 cells: too few for seven parameters
+
+
+def test_trees_on_the_law_extrapolate_along_it(tmp_path: Path) -> None:
+    """Fitted on narrow models only, the surrogate predicts wider ones along the law; trees alone stay flat."""
+    train = law_trials(ar_max=80)
+    wide = law_trials(ar_max=128)
+    wide = wide[(wide["ASPECT_RATIO"] >= 112) & (wide["MATRIX_LR"] == 0.04)]
+    opts = FitOptions(n_models=1, n_estimators=150, learning_rate=0.1, min_data_in_leaf=5, clf_estimators=20,
+                      cost_estimators=10, competitive_weight=1.0)
+    with_law = fit_surrogate(train, opts)
+    without = fit_surrogate(train, opts, scaling_law=False)
+    assert with_law.law is not None and without.law is None and with_law.meta["scaling_law"]["cells"] == n_cells(train)
+    y = wide["val_bpb"].to_numpy()
+    rmse = {name: float(np.sqrt(np.mean((m.predict_frame(wide)["raw"] - y) ** 2)))
+            for name, m in (("law", with_law), ("trees", without))}
+    assert rmse["law"] < 0.5 * rmse["trees"], rmse
+    # the model is the law plus the trees' mean, and it round-trips
+    cols = F.frame_columns(wide)
+    trees = np.mean([b.predict(F.feature_matrix(cols)) for b in with_law.regressors], axis=0)
+    assert with_law.predict_frame(wide)["raw"] == pytest.approx(with_law.law.predict(cols) + trees)
+    with_law.save(tmp_path / "m.pkl")
+    again = SurrogateModel.load(tmp_path / "m.pkl")
+    assert again.predict_frame(wide)["raw"] == pytest.approx(with_law.predict_frame(wide)["raw"])

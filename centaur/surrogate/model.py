@@ -1,8 +1,9 @@
 """The surrogate of the reference study's task, fitted on its real trials.
 
 Four parts, all keyed on the same physical features (features.py):
-- objective: a bagged ensemble of LightGBM regressors of val_bpb on the successful trials; the mean is
-  the noise-free value, the spread between members an epistemic uncertainty;
+- objective: a scaling law in params, tokens and steps (scaling.py) plus a bagged ensemble of LightGBM
+  regressors of val_bpb's residual from it on the successful trials; law + mean of the members is the
+  noise-free value, the spread between members an epistemic uncertainty;
 - feasibility: a LightGBM classifier of failure (almost always CUDA OOM), monotone in the memory estimate;
 - cost: successes cost the 300 s training budget, failures a LightGBM regression of log wall time;
 - noise: a heteroscedastic Gaussian whose sd depends on the val_bpb level, estimated from exactly
@@ -37,9 +38,11 @@ from centaur.surrogate.features import (
     normalized_hps,
     snap_config,
 )
+from centaur.surrogate.scaling import ScalingLaw, fit_scaling_law
 
 FORMAT_TAG = "centaur-surrogate"
-FORMAT_VERSION = 2  # 2: objective loss weighted toward the competitive region (old caches refit)
+# 2: objective loss weighted toward the competitive region; 3: trees on a scaling law's residual (old caches refit)
+FORMAT_VERSION = 3
 
 # Level bins (val_bpb) of the noise model; noise grows with val_bpb (docs/surrogate.md, "Noise").
 NOISE_EDGES: tuple[float, ...] = (0.98, 0.99, 1.0, 1.05, 1.2)
@@ -88,6 +91,9 @@ class FitOptions:
     # 1.0 turns it off (docs/surrogate.md, "Fidelity").
     competitive_weight: float = 5.0
     weight_below: float = 1.0
+    # Fit the trees on the residual of a scaling law in params, tokens and steps, so they extrapolate along it
+    # (docs/surrogate.md, "Fidelity"); False: trees on val_bpb itself (format 2's objective).
+    scaling_law: bool = True
     seed: int = 0
     num_threads: int = 1  # the machine is shared: one thread per fit avoids spin-wait collapse
 
@@ -164,7 +170,9 @@ class SurrogateModel:
         support_threshold: float,
         options: FitOptions,
         meta: dict[str, Any],
+        law: ScalingLaw | None = None,
     ) -> None:
+        self.law = law
         self.regressors = regressors
         self.classifier = classifier
         self.cost_model = cost_model
@@ -232,7 +240,7 @@ class SurrogateModel:
         """Vectorised noise-free predictions for column arrays (already snapped)."""
         x = feature_matrix(cols)
         members = np.vstack([b.predict(x, num_threads=1) for b in self.regressors])
-        raw = members.mean(axis=0)
+        raw = members.mean(axis=0) + (self.law.predict(cols) if self.law is not None else 0.0)
         p_fail = self.classifier.predict(x, num_threads=1)
         fail_cost = np.exp(self.cost_model.predict(x, num_threads=1))
         dist, _ = self._tree.query(normalized_hps(cols), k=1)
@@ -282,7 +290,8 @@ class SurrogateModel:
 
     def describe(self) -> str:
         m = self.meta
-        return (f"surrogate: {len(self.regressors)} x LightGBM on {m.get('n_success')} successful trials "
+        law = "scaling law + " if self.law is not None else ""
+        return (f"surrogate: {law}{len(self.regressors)} x LightGBM on {m.get('n_success')} successful trials "
                 f"({m.get('n_trials')} in all, code trials {'in' if self.options.include_code else 'out'}), "
                 f"{self._weight_note()}noise sd {self.noise.median_sd:.2e} (median of {self.noise.n_groups} "
                 f"repeat groups), "
@@ -335,11 +344,14 @@ def fit_surrogate(
     x_ok = feature_matrix(frame_columns(ok))
     y_ok = ok["val_bpb"].to_numpy()
     w_ok = objective_weights(y_ok, opts)
+    law = fit_scaling_law(ok) if opts.scaling_law else None
+    init = law.predict(frame_columns(ok)) if law is not None else None
     regs = []
     for k in range(opts.n_models):
         params = dict(base, objective="regression", learning_rate=opts.learning_rate,
                       num_leaves=opts.num_leaves, min_data_in_leaf=opts.min_data_in_leaf, seed=opts.seed + k)
-        regs.append(lgb.train(params, lgb.Dataset(x_ok, y_ok, weight=w_ok, free_raw_data=True), opts.n_estimators))
+        data_k = lgb.Dataset(x_ok, y_ok, weight=w_ok, init_score=init, free_raw_data=True)
+        regs.append(lgb.train(params, data_k, opts.n_estimators))
 
     x_all = feature_matrix(frame_columns(data))
     failed = (~data["success"]).to_numpy().astype(float)
@@ -371,9 +383,10 @@ def fit_surrogate(
         "failure_wt_median": float(data.loc[~data["success"], "wt"].median()) if failed.any() else None,
         "loo_nn_median": float(np.median(loo)),
         "best_observed": float(y_ok.min()),
+        "scaling_law": law.as_dict() if law is not None else None,
         "fit_seconds": time.perf_counter() - t0,
         "lightgbm": lgb.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     return SurrogateModel(regressors=regs, classifier=clf, cost_model=cost, noise=noise, support_points=pts,
-                          support_threshold=thr, options=opts, meta=meta)
+                          support_threshold=thr, options=opts, meta=meta, law=law)

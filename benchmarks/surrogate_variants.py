@@ -1,0 +1,307 @@
+"""Cross-seed screening of variants of the surrogate's objective model (issue 27, item 2).
+
+Each variant is fitted on one seed of the reference study and scored on the other seed's novel
+configurations (both directions), per held-out run and pooled: competitive-region (val_bpb < 0.99) Spearman,
+RMSE and bias (predicted - true), overall Spearman, and feasibility accuracy (the default classifier, which no
+variant changes). The variants change only the objective regressors, so the default model's other parts are
+fitted once per direction.
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/surrogate_variants.py \
+        --trials ../shared/data/paper_trials_seeds01.json [--only base,mono] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from centaur.surrogate.data import CODE_METHOD, load_trials
+from centaur.surrogate.features import FEATURE_NAMES, feature_matrix, frame_columns, physical
+from centaur.surrogate.model import FitOptions, fit_surrogate, objective_weights, prepare_training_frame
+from centaur.surrogate.scaling import fit_scaling_law
+from centaur.surrogate.validate import BIAS_MIN_N, _key, max_abs_bias, novel_metrics
+
+LRS = ("EMBEDDING_LR", "UNEMBEDDING_LR", "MATRIX_LR", "SCALAR_LR")
+LAW_TOP = [2]  # --top: best trials per architecture cell in the scaling law's envelope
+
+
+# -- extra features ---------------------------------------------------------------------------------------
+
+
+def compute_features(c: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """What a 300 s run gets and how its learning rates move with it: warm-down steps, LR x steps for every
+    group, and the LRs scaled by sqrt(batch) (Adam's noise scale) and by width (muP's 1/d for Adam groups)."""
+    ph = physical(c)
+    steps = ph["steps_300s"]
+    d = ph["model_dim"]
+    tbs = c["TOTAL_BATCH_SIZE"]
+    names, cols = [], []
+    names.append("log10_warmdown_steps")
+    cols.append(np.log10(np.maximum(c["WARMDOWN_RATIO"] * steps, 1.0)))
+    for lr in LRS:
+        names += [f"log10_{lr}_x_steps", f"log10_{lr}_per_sqrt_batch", f"log10_{lr}_x_width"]
+        cols += [np.log10(c[lr] * steps), np.log10(c[lr]) - 0.5 * np.log10(tbs), np.log10(c[lr] * d / 768.0)]
+    return names, np.column_stack(cols)
+
+
+# -- a parametric model of the learning rates' optimum per architecture --------------------------------
+
+
+def _lr_x(c: dict[str, np.ndarray]) -> np.ndarray:
+    return np.column_stack([np.log10(c[lr]) for lr in LRS])
+
+
+def _arch_z(c: dict[str, np.ndarray]) -> np.ndarray:
+    """What the LR optimum may move with: width, total batch, steps in the budget (centred near the defaults)."""
+    ph = physical(c)
+    return np.column_stack([np.ones(len(ph["model_dim"])), np.log2(ph["model_dim"] / 512.0),
+                            np.log2(c["TOTAL_BATCH_SIZE"] / 2**19), np.log10(ph["steps_300s"] / 950.0)])
+
+
+def _arch_h(c: dict[str, np.ndarray]) -> np.ndarray:
+    """The architecture's value at its best learning rates: quadratic in log params, log tokens and steps."""
+    ph = physical(c)
+    u = np.column_stack([np.log10(ph["params_nonembed"] / 2.5e7), np.log10(ph["tokens_300s"] / 5e8),
+                         np.log10(ph["steps_300s"] / 950.0)])
+    quad = np.column_stack([u[:, i] * u[:, j] for i in range(3) for j in range(i, 3)])
+    return np.column_stack([np.ones(len(u)), u, quad])
+
+
+@dataclass
+class LROptimum:
+    """val_bpb ~ h(arch) + sum_k a_k (log10 lr_k - z . b_k)^2, a_k >= 0, fitted robustly (soft L1) on the
+    successful trials below `cap`: a region run only with bad learning rates is explained by the distance of its
+    learning rates to the optimum the other architectures place there, not by the region."""
+
+    cap: float = 1.1
+    theta: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def _split(self, theta: np.ndarray, nh: int, nz: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        k = len(LRS)
+        return theta[:nh], np.exp(theta[nh:nh + k]), theta[nh + k:].reshape(k, nz)
+
+    def _predict(self, theta: np.ndarray, h: np.ndarray, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+        ch, a, b = self._split(theta, h.shape[1], z.shape[1])
+        opt = z @ b.T  # (n, k)
+        return h @ ch + ((x - opt) ** 2 * a).sum(axis=1)
+
+    def fit(self, c: dict[str, np.ndarray], y: np.ndarray) -> LROptimum:
+        keep = y < self.cap
+        cc = {k: v[keep] for k, v in c.items()}
+        h, z, x = _arch_h(cc), _arch_z(cc), _lr_x(cc)
+        k = len(LRS)
+        b0 = np.zeros((k, z.shape[1]))
+        b0[:, 0] = np.log10([0.6, 0.004, 0.04, 0.5])  # the defaults as a start
+        theta0 = np.concatenate([np.r_[np.median(y[keep]), np.zeros(h.shape[1] - 1)], np.log(np.full(k, 0.01)),
+                                 b0.ravel()])
+        res = least_squares(lambda t: self._predict(t, h, z, x) - y[keep], theta0, loss="soft_l1", f_scale=0.005,
+                            max_nfev=2000)
+        self.theta = res.x
+        return self
+
+    def predict(self, c: dict[str, np.ndarray]) -> np.ndarray:
+        return self._predict(self.theta, _arch_h(c), _arch_z(c), _lr_x(c))
+
+    def deviations(self, c: dict[str, np.ndarray]) -> np.ndarray:
+        """Each learning rate's log10 distance to the fitted optimum of its architecture."""
+        z = _arch_z(c)
+        _, _, b = self._split(self.theta, _arch_h(c).shape[1], z.shape[1])
+        return _lr_x(c) - z @ b.T
+
+
+# -- variants ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    name: str
+    extra: Callable[[dict[str, np.ndarray]], tuple[list[str], np.ndarray]] | None = None
+    monotone: dict[str, int] = field(default_factory=dict)  # feature name -> +1 / -1
+    lr_optimum: str = ""  # "", "features" (deviations as features), "base" (trees on its residual), "both"
+    interaction: str = ""  # "", "strict" or "scaled": LightGBM interaction constraints (see `interaction_groups`)
+    scaling_law: bool = False  # trees on the residual of centaur.surrogate.scaling's law (init_score)
+    note: str = ""
+
+
+# The learning rates and the schedule, and what the optimum moves with: trees that split on these may not split
+# on the architecture except through `LR_SCALES`, so a region run only with bad learning rates is explained by
+# its learning rates (whose effect is learned where they vary) and not by the region.
+LR_GROUP = ("log10_EMBEDDING_LR", "log10_UNEMBEDDING_LR", "log10_MATRIX_LR", "log10_SCALAR_LR", "WEIGHT_DECAY",
+            "WARMUP_RATIO", "WARMDOWN_RATIO", "FINAL_LR_FRAC", "log10_adam_scale_embedding_lr",
+            "log10_adam_scale_unembedding_lr", "mean_lr_mult", "log10_matrix_lr_x_steps")
+LR_SCALES = ("log2_model_dim", "log2_TOTAL_BATCH_SIZE", "log10_steps_300s")
+
+
+def interaction_groups(names: list[str], kind: str) -> list[list[int]]:
+    """Two groups of feature indices: the architecture and budget (everything that is not a learning rate or
+    schedule feature), and the learning rates with the schedule (with `kind` "scaled", also the width, the
+    total batch and the steps, which the optimum moves with; "strict": the LR features alone)."""
+    lr = [i for i, n in enumerate(names) if n in LR_GROUP or n.startswith(("dev_", "log10_warmdown"))
+          or "_LR_" in n]
+    arch = [i for i in range(len(names)) if i not in lr]
+    if kind == "scaled":
+        lr = lr + [names.index(n) for n in LR_SCALES]
+    return [arch, lr]
+
+
+# Known physics, each with the sign of its effect on val_bpb with everything else fixed: more tokens seen in
+# the budget and more tokens per parameter never hurt a fixed model; more memory has no effect on the loss.
+MONO_TOKENS = {"log10_tokens_300s": -1, "log10_tokens_per_param": -1}
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("base", note="today's objective (FitOptions defaults)"),
+    Variant("compute", extra=compute_features, note="+ warm-down steps, LR x steps, LR / sqrt(batch), LR x width"),
+    Variant("mono", monotone=MONO_TOKENS, note="monotone decreasing in tokens seen and tokens per parameter"),
+    Variant("lropt-feat", lr_optimum="features", note="+ each LR's distance to its architecture's fitted optimum"),
+    Variant("lropt-base", lr_optimum="base", note="trees on the residual of the parametric LR-optimum model"),
+    Variant("lropt-both", lr_optimum="both", note="lropt-base + the distances as features"),
+    Variant("lropt-both-mono", lr_optimum="both", monotone=MONO_TOKENS, note="lropt-both + mono"),
+    Variant("law", scaling_law=True, note="trees on the residual of a scaling law in params, tokens and steps"),
+    Variant("law-ic", scaling_law=True, interaction="scaled", note="law + ic-scaled"),
+    Variant("law-mono", scaling_law=True, monotone=MONO_TOKENS, note="law + mono"),
+    Variant("law-compute", scaling_law=True, extra=compute_features, note="law + compute"),
+    Variant("law-lropt", scaling_law=True, lr_optimum="features", note="law + lropt-feat"),
+    Variant("ic-strict", interaction="strict", note="additive: trees on the architecture or on the LRs, not both"),
+    Variant("ic-scaled", interaction="scaled", note="ic-strict, the LR trees also see width, total batch, steps"),
+    Variant("ic-scaled-compute", interaction="scaled", extra=compute_features, note="ic-scaled + compute"),
+    Variant("ic-scaled-lropt", interaction="scaled", lr_optimum="features", note="ic-scaled + LR-optimum distances"),
+)}
+
+
+def fit_objective(train: pd.DataFrame, v: Variant, opts: FitOptions) -> Callable[[pd.DataFrame], np.ndarray]:
+    """The variant's ensemble fitted on the successful trials of TRAIN; returns a predictor of frames."""
+    ok = train[train["success"]].reset_index(drop=True)
+    y = ok["val_bpb"].to_numpy()
+    lro = LROptimum().fit(frame_columns(ok), y) if v.lr_optimum else None
+
+    def design(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+        c = frame_columns(df)
+        names, x = list(FEATURE_NAMES), feature_matrix(c)
+        if v.extra is not None:
+            n2, x2 = v.extra(c)
+            names, x = names + n2, np.column_stack([x, x2])
+        if lro is not None and v.lr_optimum in ("features", "both"):
+            names = names + [f"dev_{lr}" for lr in LRS]
+            x = np.column_stack([x, lro.deviations(c)])
+        return names, x
+
+    names, x = design(ok)
+    law = fit_scaling_law(ok, top=LAW_TOP[0]) if v.scaling_law else None
+    parts: list[Callable[[dict[str, np.ndarray]], np.ndarray]] = []
+    if lro is not None and v.lr_optimum in ("base", "both"):
+        parts.append(lro.predict)
+    if law is not None:
+        parts.append(law.predict)
+
+    def offset(df: pd.DataFrame) -> np.ndarray:
+        c = frame_columns(df)
+        return np.sum([f(c) for f in parts], axis=0)
+
+    init = offset(ok) if parts else None
+    mono = [v.monotone.get(n, 0) for n in names]
+    base = dict(verbose=-1, num_threads=opts.num_threads, feature_fraction=0.8, bagging_fraction=0.8, bagging_freq=1,
+                deterministic=True, force_row_wise=True, objective="regression", learning_rate=opts.learning_rate,
+                num_leaves=opts.num_leaves, min_data_in_leaf=opts.min_data_in_leaf)
+    if any(mono):
+        base["monotone_constraints"] = mono
+    if v.interaction:
+        base["interaction_constraints"] = interaction_groups(names, v.interaction)
+    w = objective_weights(y, opts)
+    boosters = [lgb.train(dict(base, seed=opts.seed + k), lgb.Dataset(x, y, weight=w, init_score=init),
+                          opts.n_estimators) for k in range(opts.n_models)]
+
+    def predict(df: pd.DataFrame) -> np.ndarray:
+        _, xt = design(df)
+        p = np.mean([b.predict(xt, num_threads=1) for b in boosters], axis=0)
+        return p + offset(df) if init is not None else p
+
+    return predict
+
+
+def screen(df: pd.DataFrame, variants: list[Variant], opts: FitOptions, say: Callable[[str], None]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    directions = []
+    for tr, te in ((0, 1), (1, 0)):
+        train = df[df["seed"] == tr]
+        test = df[(df["seed"] == te) & (df["method"] != CODE_METHOD)]
+        test = test[~_key(test).isin(set(_key(train))).to_numpy()].reset_index(drop=True)
+        say(f"default model, seed {tr} -> {te}")
+        p_fail = fit_surrogate(train, opts).predict_frame(test)["p_fail"]
+        directions.append((tr, te, train, test, p_fail))
+    for v in variants:
+        res: dict[str, Any] = {"note": v.note, "directions": {}}
+        for tr, te, train, test, p_fail in directions:
+            t0 = time.perf_counter()
+            say(f"{v.name}: seed {tr} -> {te}")
+            pred = fit_objective(train, v, opts)(test)
+            arrays = (test["val_bpb"].to_numpy(), pred, test["success"].to_numpy(), p_fail < 0.5)
+            runs = [{"name": f"{m} s{s}", **novel_metrics(*(a[idx] for a in arrays))}
+                    for (m, s), idx in sorted(test.groupby(["method", "seed"]).indices.items())]
+            res["directions"][f"{tr}->{te}"] = {"pooled": novel_metrics(*arrays), "runs": runs,
+                                                "max_abs_comp_bias": max_abs_bias(runs),
+                                                "seconds": time.perf_counter() - t0}
+        out[v.name] = res
+    return out
+
+
+def _f(x: Any, nd: int = 4, sign: bool = False) -> str:
+    if not isinstance(x, (int, float)) or math.isnan(x):
+        return "-"
+    return f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}"
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    print(f"variant | dir | comp n | comp Spearman | comp RMSE | comp bias | max |bias| (n>={BIAS_MIN_N}) | "
+          "all Spearman | feas acc")
+    for name, res in results.items():
+        for d, r in res["directions"].items():
+            p = r["pooled"]
+            print(f"{name} | {d} | {p['comp_n']} | {_f(p['comp_spearman'], 3)} | {_f(p['comp_rmse'])} | "
+                  f"{_f(p['comp_bias'], sign=True)} | {_f(r['max_abs_comp_bias'])} | {_f(p['spearman'], 4)} | "
+                  f"{_f(p['feas_acc'])}")
+    print("\nper run, competitive: n / Spearman / RMSE / bias")
+    for name, res in results.items():
+        for d, r in res["directions"].items():
+            cells = [f"{x['name']} {x['comp_n']}/{_f(x['comp_spearman'], 2)}/{_f(x['comp_rmse'])}/"
+                     f"{_f(x['comp_bias'], sign=True)}" for x in r["runs"] if x["comp_n"] >= BIAS_MIN_N]
+            print(f"{name} {d}: " + "; ".join(cells))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=Path, required=True)
+    ap.add_argument("--only", default="", help="comma-separated variant names (default: all)")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--seed", type=int, default=0, help="first member seed of the ensembles (robustness check)")
+    ap.add_argument("--top", type=int, default=2, help="ScalingLaw: best trials per architecture cell")
+    args = ap.parse_args()
+    names = [n for n in args.only.split(",") if n] or list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        ap.error(f"--only: unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    df = prepare_training_frame(load_trials(args.trials), include_code=False)
+    df = df[df["TOTAL_BATCH_SIZE"].notna()].reset_index(drop=True)
+    LAW_TOP[0] = args.top
+
+    def say(m: str) -> None:
+        print(f"[{time.strftime('%X')}] {m}", flush=True)
+
+    results = screen(df, [VARIANTS[n] for n in names], FitOptions(seed=args.seed), say)
+    print_summary(results)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

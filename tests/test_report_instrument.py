@@ -75,6 +75,8 @@ def _write(url: str, nf: dict[str, list[float]], record: dict[str, Any] | None,
                         "proposal_source": t["source"]}
                 if "distance" in t:
                     user["distance_to_data"] = t["distance"]
+                if "sd" in t:
+                    user["epistemic_sd"] = t["sd"]
                 if "share" in t:
                     user["llm_share"] = t["share"]
                 study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist,
@@ -145,18 +147,23 @@ def test_regret_and_the_not_resolved_mark(tmp_path: Path) -> None:
 
 
 def test_the_best_trials_distance_to_the_data(tmp_path: Path) -> None:
-    """Per method, the mean and the largest distance of the best trial (not of any other) to the data."""
+    """Per method, the mean and the largest distance of the best trial (not of any other) to the data, and the
+    surrogate's epistemic sd there."""
     url = f"journal:{tmp_path / 'b.journal'}"
-    near = {("a", s): [{"status": "ok", "value": 0.972, "noise_free": 0.972, "source": "a", "distance": d},
-                       {"status": "ok", "value": 0.990, "noise_free": 0.990, "source": "a", "distance": 0.9}]
-            for s, d in enumerate((0.10, 0.14))}
-    far = {("b", s): [{"status": "ok", "value": 0.971, "noise_free": 0.971, "source": "b", "distance": d}]
+    near = {("a", s): [{"status": "ok", "value": 0.972, "noise_free": 0.972, "source": "a", "distance": d, "sd": sd},
+                       {"status": "ok", "value": 0.990, "noise_free": 0.990, "source": "a", "distance": 0.9,
+                        "sd": 0.02}]
+            for s, (d, sd) in enumerate(((0.10, 0.0004), (0.14, 0.0006)))}
+    far = {("b", s): [{"status": "ok", "value": 0.971, "noise_free": 0.971, "source": "b", "distance": d, "sd": 0.002}]
            for s, d in enumerate((0.30, 0.50))}
     _write(url, {"a": [0.0, 0.0], "b": [0.0, 0.0]}, _record(), {**near, **far})
     md = build_report(runs_from_storage(url), tmp_path / "out", title="toy", source=url).markdown.read_text()
     methods = {r["method"]: r for r in _table_rows(md, "method")}
     column = "best trial's distance to the data (mean, max)"
     assert methods["a"][column] == "0.120, 0.140" and methods["b"][column] == "0.400, 0.500"
+    spread = "best trial's epistemic sd (mean, max)"
+    assert methods["a"][spread] == "0.0005, 0.0006" and methods["b"][spread] == "0.0020, 0.0020"
+    assert "epistemic sd there" in md
     assert "exploiting the surrogate's error" in md
 
 
@@ -165,7 +172,7 @@ def test_runs_without_a_record_keep_the_report_as_it_was(tmp_path: Path) -> None
     _write(url, NF, None)
     md = build_report(runs_from_storage(url), tmp_path / "out", title="toy", source=url).markdown.read_text()
     for absent in ("Instrument resolution", "regret", "Δ noise-free", NOT_RESOLVED, "Proposal sources",
-                   "distance to the data"):
+                   "distance to the data", "epistemic sd"):
         assert absent not in md
     assert "noise-free at best (mean ± std)" in md
 

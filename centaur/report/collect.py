@@ -47,6 +47,7 @@ class TrialRecord:
     cost_s: float
     noise_free: float | None = None  # surrogate studies: the value without observation noise
     distance: float | None = None  # surrogate studies: the configuration's distance to the surrogate's data
+    epistemic_sd: float | None = None  # surrogate studies: the spread of the surrogate's ensemble members there
     llm_calls: int = 0
     llm_seconds: float = 0.0
     source: str = ""  # proposal_source: the sampler's name, "baseline", "llm", "llm-fallback:<kind>", ...
@@ -200,6 +201,7 @@ def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
         cost_s=cost_of(t),
         noise_free=_finite(t.user_attrs.get("noise_free")),
         distance=_finite(t.user_attrs.get("distance_to_data")),
+        epistemic_sd=_finite(t.user_attrs.get("epistemic_sd")),
         llm_calls=int(t.user_attrs.get("llm_calls", 0)),
         llm_seconds=float(t.user_attrs.get("llm_seconds", 0.0)),
         source=str(t.user_attrs.get(SOURCE_ATTR, "")),

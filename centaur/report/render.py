@@ -65,6 +65,8 @@ def method_rows_md(rows: list[MethodRow], metric: str) -> str:
         ("normalised regret (mean ± std)", lambda r: _pm(r.regret_mean, r.regret_std, 3)),
         ("best trial's distance to the data (mean, max)",
          lambda r: "-" if r.distance_mean is None else f"{r.distance_mean:.3f}, {r.distance_max:.3f}"),
+        ("best trial's epistemic sd (mean, max)",
+         lambda r: "-" if r.epistemic_mean is None else f"{r.epistemic_mean:.4f}, {r.epistemic_max:.4f}"),
         ("OOM% (all failures)", lambda r: f"{r.fail_pct:.1f}%"),
         ("failure classes (all seeds)",
          lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r.failures.items())) or "none"),
@@ -184,7 +186,11 @@ def instrument_text(inst: Instrument, strong: Callable[[str], str] = _bold_md,
         "The per-method table's distance of the best trial to the data says where a method's incumbents lie: "
         "near the reference runs' trials (the best known sits at "
         f"{f(b.get('distance_to_data'), 3)}) the surrogate interpolates what was measured; a method whose "
-        "incumbents lie farther out than the others' may be exploiting the surrogate's error rather than the task."
+        "incumbents lie farther out than the others' may be exploiting the surrogate's error rather than the task. "
+        "The epistemic sd there (the spread of the surrogate's ensemble members) says the same from the model's "
+        "side: across seeds, competitive trials where the members disagree more are predicted worse "
+        "(docs/surrogate.md, \"Across seeds\"), so a method whose best trials carry a larger spread is measured "
+        "less reliably than one whose best trials carry a small one."
     )
 
 

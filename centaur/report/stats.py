@@ -40,6 +40,9 @@ class MethodRow:
     regret_std: float | None = None
     distance_mean: float | None = None  # surrogate studies: the best trial's distance to the surrogate's data
     distance_max: float | None = None
+    # surrogate studies: the ensemble spread at the best trial, where the surrogate is least sure of itself
+    epistemic_mean: float | None = None
+    epistemic_max: float | None = None
 
 
 def by_method(runs: list[Run]) -> dict[str, list[Run]]:
@@ -74,6 +77,9 @@ def method_table(runs: list[Run]) -> list[MethodRow]:
         rm, rsd = _mean_std(regrets) if len(regrets) == len(bests) else (None, None)
         dists = [r.best_trial.distance for r in rs if r.best_trial is not None and r.best_trial.distance is not None]
         dm = float(np.mean(dists)) if dists and len(dists) == len(bests) else None
+        sds = [r.best_trial.epistemic_sd for r in rs
+               if r.best_trial is not None and r.best_trial.epistemic_sd is not None]
+        em = float(np.mean(sds)) if sds and len(sds) == len(bests) else None
         llm = all(r.llm_known for r in rs)
         rows.append(MethodRow(
             method=method,
@@ -95,6 +101,8 @@ def method_table(runs: list[Run]) -> list[MethodRow]:
             regret_std=rsd,
             distance_mean=dm,
             distance_max=max(dists) if dm is not None else None,
+            epistemic_mean=em,
+            epistemic_max=max(sds) if em is not None else None,
         ))
     return sorted(rows, key=lambda r: (math.isnan(r.best_mean), r.best_mean))
 

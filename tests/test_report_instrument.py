@@ -361,3 +361,30 @@ def test_bench_attaches_the_record_to_every_study(tmp_path: Path, small_model: A
     assert calls == [1]  # cached beside the model from then on
     md = build_report(runs_from_storage(tmp_path), tmp_path / "rep", title="b", source="b").markdown.read_text()
     assert "## Instrument resolution" in md and "normalised regret" in md
+
+
+@needs_trials
+def test_a_bench_refuses_studies_run_on_another_surrogate(tmp_path: Path, small_model: Any) -> None:
+    """A finished study run on another surrogate model (other fit options, another format) is neither reused
+    nor given the new model's record: the bench stops and says why."""
+    from centaur.bench import run_bench
+    from centaur.bench.grid import BenchError
+    from centaur.surrogate.data import load_trials
+    from centaur.surrogate.instrument import MODEL_ATTR, model_identity
+    from centaur.surrogate.model import fit_surrogate
+
+    small_model.save(tmp_path / "surrogate-model.pkl")
+    task = f"surrogate:{TRIALS}"
+    first = run_bench(task, ["random"], [0], "1h", bench_dir=tmp_path, jobs=1, instrument=False)
+    assert first.complete
+    (run,) = runs_from_storage(tmp_path)
+    study = optuna.load_study(study_name=run.name, storage=open_storage(first.storage))
+    assert study.user_attrs[MODEL_ATTR] == json.loads(json.dumps(model_identity(small_model)))
+    again = run_bench(task, ["random"], [0], "1h", bench_dir=tmp_path, jobs=1, instrument=False)
+    assert again.skipped == [run.name]  # the same model: the finished study is kept
+
+    other = fit_surrogate(load_trials(TRIALS), n_models=1, n_estimators=20, learning_rate=0.3, clf_estimators=20,
+                          cost_estimators=10)
+    other.save(tmp_path / "surrogate-model.pkl")  # the bench's cache now holds another model of the same data
+    with pytest.raises(BenchError, match="another surrogate model .*other fit options"):
+        run_bench(task, ["random"], [0], "1h", bench_dir=tmp_path, jobs=1, instrument=False)

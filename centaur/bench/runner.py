@@ -150,16 +150,33 @@ def _plan(url: str, spec: TaskSpec, cells: list[Cell], names: list[str], budget_
                     f"{attrs.get(STUDY_BUDGET)} s, not {spec.name!r} and {budget_s:g} s; "
                     "use another --dir or --storage for a different benchmark"
                 )
+            _check_same_model(name, url, spec, attrs)
             if attrs.get(COMPLETE_ATTR):
                 skipped.append(name)
                 if spec.instrument is not None and attrs.get(_instrument_attr()) != spec.instrument:
-                    # a study finished before the record existed (or by a refitted model): brought up to date
+                    # a study finished before the record existed (or before the record changed): brought up to date
                     st.set_study_user_attr(st.get_study_id_from_name(name), _instrument_attr(), spec.instrument)
                 continue
             if memory:  # a copy that was cut short: it is cheaper to rerun than to trust it
                 optuna.delete_study(study_name=name, storage=st)
         todo.append((cell, name))
     return todo, skipped
+
+
+def _check_same_model(name: str, url: str, spec: TaskSpec, attrs: dict[str, Any]) -> None:
+    """A study run on another surrogate (refitted with other options or a new model format) is not comparable
+    with studies on this one: neither reusing it nor resuming it is right, and deleting it is the user's call.
+    A study from before models were recorded is identified by its instrument record, if it has one."""
+    if spec.model_id is None:
+        return
+    from centaur.surrogate.instrument import MODEL_ATTR, identity_of_record
+
+    ran_on = attrs.get(MODEL_ATTR) or identity_of_record(attrs.get(_instrument_attr()))
+    if ran_on is not None and ran_on != spec.model_id:
+        diff = ", ".join(f"{k} {ran_on.get(k)!r} -> {spec.model_id.get(k)!r}" for k in spec.model_id
+                         if k != "fit_options" and ran_on.get(k) != spec.model_id.get(k)) or "other fit options"
+        raise BenchError(f"study {name!r} in {url} was run on another surrogate model ({diff}); its results are "
+                         "not comparable with this one's: use another --dir or --storage, or delete its studies")
 
 
 def _instrument_attr() -> str:
@@ -328,6 +345,10 @@ def run_cell(job: CellJob, report: Callable[..., None] | None = None) -> CellOut
     study = result.study
     if job.spec.instrument is not None:  # so that a report on any storage finds how to read the study
         study.set_user_attr(_instrument_attr(), job.spec.instrument)
+    if job.spec.model_id is not None:  # so that a rerun knows which surrogate this study ran on
+        from centaur.surrogate.instrument import MODEL_ATTR
+
+        study.set_user_attr(MODEL_ATTR, job.spec.model_id)
     outcome = CellOutcome(job.cell, job.study_name, result.stop_reason, complete, seconds, s.n_finished,
                           s.best_value)
     if job.storage is None:

@@ -25,6 +25,7 @@ class TaskSpec:
     script: str | None = None  # a script task
     model: str | None = None  # a surrogate task: the fitted model file
     instrument: dict[str, Any] | None = None  # a surrogate task: its resolution record (surrogate/instrument.py)
+    model_id: dict[str, Any] | None = None  # a surrogate task: which model it is (instrument.model_identity)
 
     @property
     def simulated(self) -> bool:
@@ -49,12 +50,13 @@ def prepare_task(text: str | None, bench_dir: Path, *, instrument: bool = False,
             raise FileNotFoundError(f"no trials file for the surrogate: use --task surrogate:PATH or set ${TRIALS_ENV}")
         cache = Path(bench_dir) / MODEL_FILE
         task = SurrogateTask.from_trials(trials, cache=cache)
+        from centaur.surrogate.instrument import instrument_for, model_identity, sidecar_path
+
         record = None
         if instrument:
-            from centaur.surrogate.instrument import instrument_for, sidecar_path
-
             record = instrument_for(task.model, trials, cache=sidecar_path(cache), progress=progress).to_dict()
-        return TaskSpec(text=ref.spec, name=task.name, model=str(cache.resolve()), instrument=record)
+        return TaskSpec(text=ref.spec, name=task.name, model=str(cache.resolve()), instrument=record,
+                        model_id=model_identity(task.model))
     script = ref.script
     task = load_spec_task(ref)  # validates the script and its search space now, not in the workers
     return TaskSpec(text=ref.spec, name=task.name, script=str(script))

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 INSTRUMENT_VERSION = 2  # 2: the cross-seed fidelity, which the resolution is read from
 INSTRUMENT_ATTR = "surrogate_instrument"  # study user attribute written by the bench
+MODEL_ATTR = "surrogate_model"  # study user attribute: `model_identity` of the surrogate the study ran on
+MODEL_KEYS = ("data_sha256", "feature_version", "format_version", "fit_options")
 SIDECAR_SUFFIX = ".instrument.json"
 
 Progress = Callable[[str], None]
@@ -158,14 +160,27 @@ def _jsonable(x: Any) -> Any:
 # -- identity and cache ------------------------------------------------------------------------------
 
 
-def instrument_key(model: SurrogateModel, settings: SearchSettings) -> dict[str, Any]:
-    """What the numbers depend on: the data, the fit options, the feature and model format versions (a
-    change of the fit bumps the latter) and the search."""
+def model_identity(model: SurrogateModel) -> dict[str, Any]:
+    """What makes two surrogates the same task: the data, the feature and model format versions (a change of
+    the fit bumps the latter) and the fit options. Studies run on different ones are not comparable."""
     from centaur.surrogate.model import FORMAT_VERSION
 
-    return _jsonable({"instrument_version": INSTRUMENT_VERSION, "data_sha256": model.meta.get("data_sha256"),
-                      "feature_version": model.feature_version, "format_version": FORMAT_VERSION,
-                      "fit_options": asdict(model.options), "search": asdict(settings), "holdout": "run,seed"})
+    return _jsonable({"data_sha256": model.meta.get("data_sha256"), "feature_version": model.feature_version,
+                      "format_version": FORMAT_VERSION, "fit_options": asdict(model.options)})
+
+
+def identity_of_record(record: Any) -> dict[str, Any] | None:
+    """The model identity inside a record's key (records carry it since the first version), else None."""
+    key = record.get("key") if isinstance(record, Mapping) else None
+    if not isinstance(key, Mapping) or any(k not in key for k in MODEL_KEYS):
+        return None
+    return {k: key[k] for k in MODEL_KEYS}
+
+
+def instrument_key(model: SurrogateModel, settings: SearchSettings) -> dict[str, Any]:
+    """What the numbers depend on: the model (`model_identity`) and the search."""
+    return _jsonable({"instrument_version": INSTRUMENT_VERSION, **model_identity(model),
+                      "search": asdict(settings), "holdout": "run,seed"})
 
 
 def sidecar_path(model_path: str | Path) -> Path:

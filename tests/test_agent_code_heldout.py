@@ -71,7 +71,8 @@ def _centaur_attack(needles, controls, secret_path):
     args = ["grep", "-rlF", "-a"]
     for needle in needles + controls:
         args += ["-e", needle.decode()]
-    args += ["--include=*.py", "--include=*.pyc", "--include=*.txt", "--include=*.bin", "--include=*.json"]
+    args += ["--include=*.py", "--include=*.pyi", "--include=*.pyc", "--include=*.txt", "--include=*.bin",
+             "--include=*.json"]
     listed = subprocess.run(args + sorted(r for r in roots if os.path.isdir(r)), capture_output=True).stdout
     for path in listed.decode(errors="replace").splitlines():
         blobs.append(open(path, "rb").read())

@@ -12,6 +12,7 @@ source folder is not in the view.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -104,31 +105,55 @@ def write_training_view(split: Split, corpus: str, dest: Path) -> Path:
     return Path(dest)
 
 
-def stdlib_dirs() -> list[Path]:
+@functools.cache
+def stdlib_dirs() -> tuple[Path, ...]:
     """Every Python standard library a sandbox could see: the interpreter's, and the `lib/python3*`
-    folders of other installations under the system directories (a Debian python3 beside pyenv's)."""
+    folders of other installations under the system directories (a Debian python3 beside pyenv's, a
+    Python bundled with a tool under /usr/lib or /opt), found to a depth of 6."""
     found = {stdlib_root().resolve()}
-    bases = {sys.base_prefix, sys.prefix, "/usr", "/usr/local", "/opt", "/opt/*", "/opt/*/*", "/opt/conda"}
-    for base in bases:
-        for lib in ("lib", "lib64"):
-            for d in glob.glob(os.path.join(base, lib, "python3*")):
-                p = Path(d)
-                if p.is_dir() and not p.is_symlink() and (p / "os.py").is_file():
-                    found.add(p.resolve())
-    return sorted(found)
+    for base in {sys.base_prefix, sys.prefix, "/usr", "/usr/local", "/usr/lib", "/opt"}:
+        for lib, dirs, _ in _walk(Path(base), 6):
+            if lib.name in ("lib", "lib64"):
+                for d in dirs:
+                    p = lib / d
+                    if d.startswith("python3") and not p.is_symlink() and (p / "os.py").is_file():
+                        found.add(p.resolve())
+    return tuple(sorted(found))
 
 
-def masks(names: tuple[str, ...]) -> list[Path]:
-    """The paths to hide in the sandboxes: each held-out package or module, and its bytecode, in every
-    standard library of `stdlib_dirs()`."""
-    out: list[Path] = []
+def _walk(root: Path, depth: int):
+    """os.walk to `depth` levels below `root`, not following links, skipping unreadable folders."""
+    if not root.is_dir():
+        return
+    base = len(root.parts)
+    for top, dirs, files in os.walk(root, onerror=lambda e: None):
+        here = Path(top)
+        yield here, dirs, files
+        if len(here.parts) - base >= depth:
+            dirs[:] = []
+
+
+@functools.cache
+def masks(names: tuple[str, ...]) -> tuple[Path, ...]:
+    """The paths to hide in the sandboxes: each held-out package or module and its bytecode in every
+    standard library of `stdlib_dirs()`, and anything named like them (a package folder, `name.py`,
+    `name.pyi`) in the site-packages of those installations and of the environment (type stubs such as
+    typeshed's mirror their text)."""
+    out: set[Path] = set()
+    packages = {n for n in names if not n.endswith(".py")}
+    modules = {n[:-3] for n in names if n.endswith(".py")}
     for root in stdlib_dirs():
         for name in names:
             path = root / name
-            if path.is_dir():
-                out.append(path)  # a tmpfs over the package: its __pycache__ goes with it
-            elif path.is_file():
-                out.append(path)
-                stem = path.stem
-                out += sorted(Path(p) for p in glob.glob(str(root / "__pycache__" / f"{stem}.*.pyc")))
-    return out
+            if path.is_dir() or path.is_file():
+                out.add(path)  # a tmpfs over a package: its __pycache__ goes with it
+            if path.is_file():
+                out.update(Path(p) for p in glob.glob(str(root / "__pycache__" / f"{path.stem}.*.pyc")))
+    sites = {Path(p) for p in sys.path if p and ("site-packages" in p or "dist-packages" in p)}
+    sites |= {root / "site-packages" for root in stdlib_dirs()} | {Path("/usr/lib/python3/dist-packages")}
+    for site in sites:
+        for top, dirs, files in _walk(site, 12):
+            out.update(top / d for d in dirs if d in packages)
+            out.update(top / f for f in files if f.rsplit(".", 1)[0] in modules and f.endswith((".py", ".pyi")))
+            dirs[:] = [d for d in dirs if d not in packages]
+    return tuple(sorted(out))

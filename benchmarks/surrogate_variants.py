@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from centaur.surrogate.data import CODE_METHOD, load_trials
+from centaur.surrogate.data import CODE_METHOD, NUMERIC_HPS, load_trials
 from centaur.surrogate.features import FEATURE_NAMES, feature_matrix, frame_columns, physical
 from centaur.surrogate.model import FitOptions, fit_surrogate, objective_weights, prepare_training_frame
-from centaur.surrogate.scaling import fit_scaling_law
+from centaur.surrogate.scaling import ARCH_HPS, fit_scaling_law
 from centaur.surrogate.validate import BIAS_MIN_N, _key, max_abs_bias, novel_metrics
 
 LRS = ("EMBEDDING_LR", "UNEMBEDDING_LR", "MATRIX_LR", "SCALAR_LR")
@@ -120,6 +120,39 @@ class LROptimum:
         return _lr_x(c) - z @ b.T
 
 
+@dataclass
+class ThroughputLaw:
+    """`centaur.surrogate.scaling`'s law with the throughput fitted too: tokens and steps scaled by
+    (width/768)^g (bigger matmuls run at a higher share of peak) and, with `batch`, by (DEVICE_BATCH_SIZE/128)^h,
+    g and h fitted with the law on the same envelope (the features assume a constant achieved FLOP/s)."""
+
+    batch: bool = False
+    theta: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def _predict(self, t: np.ndarray, c: dict[str, np.ndarray]) -> np.ndarray:
+        ph = physical(c)
+        mfu = (ph["model_dim"] / 768.0) ** t[7] * ((c["DEVICE_BATCH_SIZE"] / 128.0) ** t[8] if self.batch else 1.0)
+        u = np.column_stack([ph["params_nonembed"] / 2.5e7, ph["tokens_300s"] * mfu / 5e8,
+                             ph["steps_300s"] * mfu / 950.0])
+        return t[0] + (np.exp(t[1:4]) * u ** -np.exp(t[4:7])).sum(axis=1)
+
+    def fit(self, ok: pd.DataFrame) -> ThroughputLaw:
+        s = ok[ok["val_bpb"] < 1.1].sort_values("val_bpb", kind="stable")
+        arch = list(ARCH_HPS)
+        env = (s.groupby(arch, sort=False).head(2).groupby(arch, sort=False)
+               .agg({"val_bpb": "mean", **{h: "first" for h in NUMERIC_HPS if h not in arch}}).reset_index())
+        c, y = frame_columns(env), env["val_bpb"].to_numpy()
+        lo = np.r_[0.0, np.full(3, -20.0), np.full(3, np.log(0.01)), -1.0, -1.0]
+        hi = np.r_[2.0, np.full(3, 5.0), np.full(3, np.log(3.0)), 1.0, 1.0]
+        t0 = np.r_[float(np.median(y)) - 0.1, np.log([0.02, 0.02, 0.01]), np.log([0.3, 0.3, 0.5]), 0.0, 0.0]
+        self.theta = least_squares(lambda t: self._predict(t, c) - y, t0, bounds=(lo, hi), loss="soft_l1",
+                                   f_scale=0.005, max_nfev=5000).x
+        return self
+
+    def predict(self, c: dict[str, np.ndarray]) -> np.ndarray:
+        return self._predict(self.theta, c)
+
+
 # -- variants ----------------------------------------------------------------------------------------------
 
 
@@ -131,6 +164,7 @@ class Variant:
     lr_optimum: str = ""  # "", "features" (deviations as features), "base" (trees on its residual), "both"
     interaction: str = ""  # "", "strict" or "scaled": LightGBM interaction constraints (see `interaction_groups`)
     scaling_law: bool = False  # trees on the residual of centaur.surrogate.scaling's law (init_score)
+    throughput: str = ""  # "", "width" or "width+batch": trees on `ThroughputLaw`'s residual instead
     note: str = ""
 
 
@@ -168,6 +202,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("lropt-both", lr_optimum="both", note="lropt-base + the distances as features"),
     Variant("lropt-both-mono", lr_optimum="both", monotone=MONO_TOKENS, note="lropt-both + mono"),
     Variant("law", scaling_law=True, note="trees on the residual of a scaling law in params, tokens and steps"),
+    Variant("law-mfu", throughput="width", note="law with tokens and steps x (width/768)^g, g fitted"),
+    Variant("law-mfu-batch", throughput="width+batch", note="law-mfu and x (DEVICE_BATCH_SIZE/128)^h"),
     Variant("law-ic", scaling_law=True, interaction="scaled", note="law + ic-scaled"),
     Variant("law-mono", scaling_law=True, monotone=MONO_TOKENS, note="law + mono"),
     Variant("law-compute", scaling_law=True, extra=compute_features, note="law + compute"),
@@ -203,6 +239,8 @@ def fit_objective(train: pd.DataFrame, v: Variant, opts: FitOptions) -> Callable
         parts.append(lro.predict)
     if law is not None:
         parts.append(law.predict)
+    if v.throughput:
+        parts.append(ThroughputLaw(batch=v.throughput == "width+batch").fit(ok).predict)
 
     def offset(df: pd.DataFrame) -> np.ndarray:
         c = frame_columns(df)

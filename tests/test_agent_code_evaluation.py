@@ -156,7 +156,9 @@ def test_metric_is_computed_outside_the_edited_program(tmp_path, monkeypatch):
             reply("train a little longer", AFTER_LOOP, EXTRA_TRAINING + AFTER_LOOP),  # 5 past the budget
         )
         llm = LLMSettings(base_url=server.base_url, model="fake-model", max_retries=0, timeout_s=10.0)
-        result = tune(script, method="agent-code", n_trials=6, budget=None, run_dir=tmp_path / "runs", llm=llm)
+        # overrun_s 5 (default 3 s here): room for a loaded machine's start-up; the extra 10 s still shows.
+        result = tune(script, method="agent-code", n_trials=6, budget=None, run_dir=tmp_path / "runs", llm=llm,
+                      method_options={"overrun_s": 5})
     trials = result.study.get_trials()
     decisions = [t.user_attrs[DECISION_ATTR] for t in trials]
     print([(t.number, t.user_attrs[DECISION_ATTR], t.value, t.user_attrs.get(REASON_ATTR),

@@ -2,7 +2,9 @@
 
 The study loop records every failed trial (OOM, crash, timeout, ...) the same way, whatever the
 method: COMPLETE, with the study's penalty (`--penalty`, default 100) as its value, its class in the
-`status` user attribute, and the constraint `failed` = 1.0 (0.0 on successes and pruned trials).
+`status` user attribute, and the constraint `failed` = 1.0 (0.0 on successes and pruned trials), also
+written in Optuna's older list form (`constraints` = [1.0]) for optuna-dashboard; no sampler is shown that
+copy.
 Reports count failures from `status`, so how a sampler is *shown* a failure changes nothing there.
 
 One value of 100 among values near 0.98 is harmless to rank-based methods (TPE's split, CMA-ES's
@@ -39,6 +41,12 @@ from centaur.study.records import FEASIBLE_CONSTRAINT
 FORMS = ("penalty", "constraint", "worst", "own")
 VIEW_FORMS = ("penalty", "constraint", "worst")  # what the `failures` option of a viewed method may say
 _FAILED_KEY = op.constraint_key(FEASIBLE_CONSTRAINT)
+_LIST_KEY = op.constraint_list_key()
+
+
+def _dashboard_copy(t: FrozenTrial) -> bool:
+    """Whether the trial's constraint list is the study loop's copy of `failed` (not a user's constraints)."""
+    return _FAILED_KEY in t.system_attrs and t.system_attrs.get(_LIST_KEY) == [t.system_attrs[_FAILED_KEY]]
 
 
 def is_failure(t: FrozenTrial) -> bool:
@@ -75,13 +83,15 @@ def failure_form(ctx: MethodContext, method: str, allowed: tuple[str, ...] = VIE
 def shown(t: FrozenTrial, form: str, worst: float | None) -> FrozenTrial:
     """`t` as a sampler with failure form `form` sees it (the same object where nothing changes)."""
     failed = is_failure(t)
-    strip = form != "constraint" and _FAILED_KEY in t.system_attrs
+    strip = {_FAILED_KEY} if form != "constraint" and _FAILED_KEY in t.system_attrs else set()
+    if _dashboard_copy(t):
+        strip.add(_LIST_KEY)  # the same constraint once more: a sampler would count it twice
     rewrite_value = failed and form != "penalty" and worst is not None and t.values is not None and len(t.values) == 1
     if not (strip or rewrite_value):
         return t
     out = copy.copy(t)
     if strip:
-        out.system_attrs = {k: v for k, v in t.system_attrs.items() if k != _FAILED_KEY}
+        out.system_attrs = {k: v for k, v in t.system_attrs.items() if k not in strip}
     if rewrite_value:
         out.value = worst
     return out

@@ -161,10 +161,13 @@ def write_result(study: optuna.Study, r: PendingResult) -> None:
     def attempt() -> None:
         # No read first: the write itself refuses a finished trial, and writing again what a dropped
         # connection already wrote is harmless (upserts; the tell skips a finished trial).
-        key = op.constraint_key(FEASIBLE_CONSTRAINT)
+        # The named constraint for Optuna's samplers, and the same value in the list form optuna-dashboard
+        # reads, so a failed trial shows there as infeasible (samplers never see the list: methods/failures.py).
+        constraint = None if r.constraint is None else float(r.constraint)
+        attrs = None if constraint is None else {op.constraint_key(FEASIBLE_CONSTRAINT): constraint,
+                                                 op.constraint_list_key(): [constraint]}  # fmt: skip
         try:
-            set_trial_attrs(storage, r.trial_id, user_attrs=r.user_attrs,
-                            system_attrs={key: float(r.constraint)} if r.constraint is not None else None)  # fmt: skip
+            set_trial_attrs(storage, r.trial_id, user_attrs=r.user_attrs, system_attrs=attrs)
         except optuna.exceptions.UpdateFinishedTrialError:
             t = storage.get_trial(r.trial_id)
             if t.state.name != r.state or t.user_attrs.get("status") != r.user_attrs.get("status"):

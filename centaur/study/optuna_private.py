@@ -81,6 +81,12 @@ def constraint_key(name: str) -> str:
     return f"{_CONSTRAINTS_KEY}:{name}"
 
 
+def constraint_list_key() -> str:
+    """Optuna's older constraint record, one list of values per trial: what optuna-dashboard (0.21) reads
+    to mark a trial infeasible. Optuna reads both forms."""
+    return _CONSTRAINTS_KEY
+
+
 # -- one transaction for a trial's parameters ------------------------------------------------------------
 def suggest_all(trial: optuna.Trial, distributions: dict[str, BaseDistribution]) -> int:
     """Sample every parameter of `distributions` the way `Trial.suggest_*` does (fixed, single-valued,

@@ -1,0 +1,79 @@
+"""Failed trials of a `centaur tune` study are failures where users look: optuna-dashboard's API (which reads
+Optuna's older list form of constraints) and Optuna's own feasibility, while every method still reads the
+study as before (the list copy of the `failed` constraint is shown to no sampler)."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+from wsgiref.util import setup_testing_defaults
+
+import optuna
+import pytest
+
+import centaur
+from centaur.methods.failures import FailureView
+
+SCRIPT = '''
+LEARNING_RATE = 0.01
+LAYERS = 3
+if LAYERS % 2 == 0:  # even depths run out of memory
+    raise MemoryError("cannot allocate")
+print("---")
+print(f"val_bpb: {1.0 + (LAYERS - 5) ** 2 / 20 + abs(LEARNING_RATE - 0.01):.6f}")
+print("training_seconds: 1.0")
+'''
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> optuna.Study:
+    work = tmp_path_factory.mktemp("dashboard")
+    script = work / "train.py"
+    script.write_text(SCRIPT)
+    (work / "centaur.toml").write_text("[space.params.LAYERS]\ntype = 'int'\nlow = 1\nhigh = 8\n")
+    result = centaur.tune(script, method="random", n_trials=6, seed=1, run_dir=work / "runs", keep_going=True)
+    return result.study
+
+
+def _dashboard_trials(study: optuna.Study) -> list[dict[str, Any]]:
+    optuna_dashboard = pytest.importorskip("optuna_dashboard")
+    app = optuna_dashboard.wsgi(study._storage)
+    environ: dict[str, Any] = {"PATH_INFO": f"/api/studies/{study._study_id}", "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    answer: dict[str, Any] = {}
+    body = b"".join(app(environ, lambda status, headers, exc_info=None: answer.update(status=status)))
+    assert answer["status"].startswith("200"), body[:500]
+    return json.load(io.BytesIO(body))["trials"]
+
+
+def test_the_dashboard_shows_failed_trials_as_infeasible(study: optuna.Study) -> None:
+    trials = {t["number"]: t for t in _dashboard_trials(study)}
+    statuses = {t.number: t.user_attrs["status"] for t in study.trials}
+    assert "oom" in statuses.values() and "ok" in statuses.values(), statuses  # both kinds ran
+    for number, status in statuses.items():
+        expected = [1.0] if status != "ok" else [0.0]
+        assert trials[number]["constraints"] == expected, (number, status, trials[number]["constraints"])
+    # Optuna reads the same: failures are infeasible, and best_trial is the best feasible one
+    for t in study.trials:
+        feasible = all(v <= 0.0 for v in t.constraints.values())
+        assert feasible == (t.user_attrs["status"] == "ok")
+    assert study.best_trial.user_attrs["status"] == "ok"
+
+
+@pytest.mark.parametrize("form", ["penalty", "constraint", "worst"])
+def test_samplers_do_not_see_the_dashboard_copy(study: optuna.Study, form: str) -> None:
+    view = FailureView(study, form, {})
+    for t in view.get_trials(deepcopy=False):
+        assert "constraints" not in t.system_attrs  # the list copy is gone in every form
+        assert len(t.constraints) == (1 if form == "constraint" else 0)
+
+
+def test_a_users_own_constraint_list_is_left_alone() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    x = optuna.distributions.FloatDistribution(0, 1)
+    mine = {"constraints": [0.3, -1.0]}  # a plain Optuna program's constraints_func record
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions={"x": x}, value=1.0, system_attrs=mine))
+    for form in ("penalty", "constraint", "worst"):
+        (t,) = FailureView(study, form, {}).get_trials()
+        assert t.system_attrs["constraints"] == [0.3, -1.0]

@@ -1,7 +1,7 @@
 """Search every file of agent-code's training view for held-out text (issue #29): the slow red-team test
 searches the Python installations; this searches everything in the view (/usr, /opt, the Python and
-the environment, the task), once, with `grep -rlF -a` inside the sandbox. Needles are 40-byte pieces of
-the held-out split; controls are pieces of the training split, which must be found.
+the environment, the task), once, with `grep -rlF -a` inside the sandbox. Needles are 64-byte pieces of
+the held-out split (not in the training split); controls are pieces of the training split, which must be found.
 
     python benchmarks/agent_code_heldout_scan.py [--needles 6]
 """
@@ -20,13 +20,15 @@ from centaur.agentcode.heldout import build_split, masks
 from centaur.tasks.gpt import TASK_DIR
 
 
-def pieces(data: np.ndarray, k: int, seed: int) -> list[bytes]:
-    """k printable 40-byte pieces of `data` that occur once in it."""
+def pieces(data: np.ndarray, k: int, seed: int, avoid: np.ndarray | None = None) -> list[bytes]:
+    """k printable 64-byte pieces of `data` that occur once in it and not in `avoid` (a piece of the
+    held-out split that the training split has too is a common idiom, not held-out text)."""
     rng, blob, out = np.random.default_rng(seed), data.tobytes(), []
+    other = b"" if avoid is None else avoid.tobytes()
     while len(out) < k:
-        start = int(rng.integers(0, len(blob) - 40))
-        piece = blob[start:start + 40]
-        if all(32 <= c < 127 for c in piece) and blob.count(piece) == 1:
+        start = int(rng.integers(0, len(blob) - 64))
+        piece = blob[start:start + 64]
+        if all(32 <= c < 127 for c in piece) and blob.count(piece) == 1 and piece not in other:
             out.append(piece)
     return out
 
@@ -37,7 +39,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     args = ap.parse_args()
     split = build_split(Path("unused"), "stdlib")
-    needles = pieces(split.held_out, args.needles, args.seed)
+    needles = pieces(split.held_out, args.needles, args.seed, split.train)
     controls = pieces(split.train, 2, args.seed + 1)
     grep = ["grep", "-rlF", "-a", "--exclude-dir=proc", "--exclude-dir=sys", "--exclude-dir=dev"]
     grep += [a for n in needles + controls for a in ("-e", n.decode())] + ["/"]

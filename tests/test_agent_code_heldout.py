@@ -88,15 +88,17 @@ def _centaur_attack(needles, controls, secret_path):
 '''
 
 
-def needles_of(data: np.ndarray, k: int, seed: int) -> list[bytes]:
-    """k 40-byte printable segments of `data`, each occurring once in it."""
+def needles_of(data: np.ndarray, k: int, seed: int, avoid: np.ndarray | None = None) -> list[bytes]:
+    """k 64-byte printable segments of `data`, each occurring once in it and not in `avoid` (a segment of
+    the held-out split that also occurs in the training split is a common idiom, not held-out text)."""
     rng = np.random.default_rng(seed)
-    blob = data.tobytes()
+    blob, other = data.tobytes(), b"" if avoid is None else avoid.tobytes()
     out: list[bytes] = []
     while len(out) < k:
-        start = int(rng.integers(0, len(blob) - 40))
-        piece = blob[start:start + 40]
-        if all(32 <= c < 127 for c in piece) and "\\" not in piece.decode() and blob.count(piece) == 1:
+        start = int(rng.integers(0, len(blob) - 64))
+        piece = blob[start:start + 64]
+        if (all(32 <= c < 127 for c in piece) and "\\" not in piece.decode() and blob.count(piece) == 1
+                and piece not in other):
             out.append(piece)
     return out
 
@@ -105,7 +107,7 @@ def attacked_task(dest: Path, run_dir: Path) -> Path:
     """The bundled task (1 s, small evaluation) whose own script runs the attack on import: the baseline
     runs it in its training run and in every batch of its model process."""
     split = build_split(Path("unused"), "stdlib")
-    needles, controls = needles_of(split.held_out, 6, 0), needles_of(split.train, 2, 1)
+    needles, controls = needles_of(split.held_out, 6, 0, split.train), needles_of(split.train, 2, 1)
     dest.mkdir()
     for name in ("prepare.py", "centaur.toml"):
         shutil.copy(BUNDLED_TASK.parent / name, dest / name)
@@ -141,7 +143,7 @@ def test_the_masks_are_what_hides_the_held_out_packages(sealed):
     """The control: without the masks a search of every standard library in view finds the held-out text
     (so the slow test below can fail); with them it finds nothing, in both kinds of view."""
     split = build_split(Path("unused"), "stdlib")
-    needles = needles_of(split.held_out, 3, 5)
+    needles = needles_of(split.held_out, 3, 5, split.train)
     grep = ["grep", "-rlF", "--include=*.py", "--exclude-dir=site-packages", "--exclude-dir=dist-packages",
             *(a for n in needles for a in ("-e", n.decode())), *map(str, stdlib_dirs())]
 

@@ -351,7 +351,8 @@ class CmaEsSampler(_Named):
 
 
 class SmacSampler(_Named):
-    """SMAC3's HPO facade (random forest, log-EI). Options: n_init, random_ratio, n_trees. Needs centaur-hpo[smac]."""
+    """SMAC3's HPO facade (random forest, log-EI). Options: n_init, random_ratio, n_trees, n_trials (the trial
+    budget, when known: the initial design is at most a quarter of it). Needs centaur-hpo[smac]."""
 
     method_name = "smac"
 

@@ -283,3 +283,12 @@ def test_bad_options_are_clear() -> None:
             _sampler(space, **opts)
     with pytest.raises(MethodError, match="n_init"):
         _sampler(space, n_init="many")
+
+
+def test_initial_design_is_at_most_a_quarter_of_a_known_trial_budget() -> None:
+    space = reference_space()
+    assert _sampler(space).n_init == 25  # a compute budget: no trial count, the reference's 25 Sobol points
+    assert _sampler(space, n_trials=30).n_init == 7  # Optuna or Ray Tune with 30 samples, as SMAC's facades cap it
+    assert _sampler(space, n_trials=30, n_init=12).n_init == 12  # an explicit n_init wins
+    with pytest.raises(MethodError, match="n_trials must be >= 1"):
+        _sampler(space, n_trials=0)

@@ -13,8 +13,10 @@ What differs from the reference study's use of SMAC (reference-study.md ยง2.3, ย
   already averages noise over nearby points, and the final "best" is a single draw either way.
 - `n_trials` is not SMAC's business: the study loop stops on the compute budget, so the scenario's
   trial limit is set out of reach and the initial design is sized explicitly: Sobol points fill the
-  study up to `n_init` finished trials (default min(10 per parameter, 25)); the baseline and trials
-  that ran before SMAC joined count, so SMAC does not spend its design on a study that has data.
+  study up to `n_init` finished trials (default min(10 per parameter, 25), and at most a quarter of
+  `n_trials` when the caller knows its trial budget, as SMAC's facades cap it: an Optuna or Ray Tune
+  study of 30 trials gets 7 Sobol points, not 25); the baseline and trials that ran before SMAC joined
+  count, so SMAC does not spend its design on a study that has data.
 - The model is retrained before every suggestion (`retrain_after=1`): trials are minutes long, so
   fitting ten trees on a few hundred points costs nothing next to using the newest result.
 - Failures are told with the study's penalty and their class: oom -> MEMORYOUT, timeout -> TIMEOUT,
@@ -82,7 +84,7 @@ PROPOSAL_ATTR = "smac:proposal"  # trial system attribute: the claim written bef
 _TOLD = (TrialState.COMPLETE, TrialState.PRUNED)  # the finished trials SMAC learns from (lost ones never ran)
 UNREACHABLE_TRIALS = 10**9  # the study loop, not SMAC, decides when to stop
 MAX_DUPLICATE_ASKS = 50
-OPTIONS = {"n_init", "random_ratio", "n_trees"}
+OPTIONS = {"n_init", "random_ratio", "n_trees", "n_trials"}
 
 
 def configspace_of(space: SearchSpace, seed: int = 0) -> ConfigurationSpace:
@@ -181,6 +183,7 @@ class SmacSampler(BaseSampler):
         n_init: int | None = None,
         random_ratio: float = 0.2,
         n_trees: int = 10,
+        n_trials: int | None = None,
         output_dir: Path | None = None,
     ) -> None:
         if len(space) == 0:
@@ -191,11 +194,16 @@ class SmacSampler(BaseSampler):
             raise MethodError(f"smac option random_ratio must be in [0, 1], got {random_ratio}")
         if n_trees < 1:
             raise MethodError(f"smac option n_trees must be >= 1, got {n_trees}")
+        if n_trials is not None and n_trials < 1:
+            raise MethodError(f"smac option n_trials must be >= 1, got {n_trials}")
         self.space, self.seed, self.penalty = space, seed, float(penalty)
         # How many finished trials (the baseline included) before the forest takes over. SMAC's own rule
-        # is 10 per parameter, capped at a quarter of its trial budget; there is no trial budget here,
-        # so cap at 25, the Sobol points the reference's 100-trial scenario gave it.
+        # is 10 per parameter, capped at a quarter of its trial budget; a compute budget has no trial
+        # count, so cap at 25, the Sobol points the reference's 100-trial scenario gave it, and at a
+        # quarter of `n_trials` when the caller gives one.
         self.n_init = min(10 * len(space), 25) if n_init is None else int(n_init)
+        if n_init is None and n_trials is not None:
+            self.n_init = min(self.n_init, max(1, n_trials // 4))
         self.random_ratio, self.n_trees = float(random_ratio), int(n_trees)
         self.name = "smac"
         self._output_root = output_dir
@@ -424,7 +432,7 @@ def smac_sampler(ctx: MethodContext) -> BaseSampler:
         raise MethodError(f"the smac method needs SMAC3: pip install 'centaur-hpo[smac]' ({e})") from None
     opts = {
         name: _option(ctx.options, name, kind)
-        for name, kind in (("n_init", int), ("random_ratio", float), ("n_trees", int))
+        for name, kind in (("n_init", int), ("random_ratio", float), ("n_trees", int), ("n_trials", int))
     }
     return SmacSampler(
         ctx.space,
@@ -433,6 +441,7 @@ def smac_sampler(ctx: MethodContext) -> BaseSampler:
         n_init=opts["n_init"],
         random_ratio=0.2 if opts["random_ratio"] is None else opts["random_ratio"],
         n_trees=10 if opts["n_trees"] is None else opts["n_trees"],
+        n_trials=opts["n_trials"],
         output_dir=Path(ctx.run_dir) / "smac" if ctx.run_dir is not None else None,
     )
 

@@ -92,6 +92,7 @@ def test_mlflow_logs_one_run_per_trial_under_the_study(tmp_path):
         assert run.data.tags["centaur.verified"] == trial.user_attrs["verified"]
         assert run.data.metrics["cost_s"] == pytest.approx(trial.user_attrs["cost_s"])
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["trial.log"]
+        assert run.info.artifact_uri.startswith((tmp_path / "mlflow-artifacts").as_uri())  # beside the database
     assert children[1].info.status == "FAILED" and children[1].data.tags["centaur.status"] == "diverged"
     assert children[0].data.metrics["val_bpb"] == pytest.approx(result.study.trials[0].value)
     # A resumed study logs under the same parent.

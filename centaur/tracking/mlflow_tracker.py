@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -40,7 +41,15 @@ class MlflowTracker:
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)
-        return found.experiment_id if found is not None else self.client.create_experiment(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        # A local SQLite store keeps its artifacts beside the database, not in ./mlruns of whatever folder
+        # the tuner runs from; a server decides for itself.
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            database = Path(self.uri[len("sqlite:///"):].partition("?")[0])
+            location = (database.parent / "mlflow-artifacts").resolve().as_uri()
+        return self.client.create_experiment(self.experiment, artifact_location=location)
 
     def _parent(self, experiment_id: str, study: optuna.Study) -> str:
         name = study.study_name

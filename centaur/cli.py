@@ -334,13 +334,17 @@ _STATUS_COLUMNS = (
 
 
 def _verified_text(s: StudySummary) -> str:
-    """How many trials ran the values the study records (centaur.runner.verify); "-" where the task has no
-    process to check (the surrogate)."""
-    checked = sum(s.verified.values())
-    if not checked:
+    """How many successful trials ran the values the study records (centaur.runner.verify), and how many
+    trials did not; "-" where the task has no process to check (the surrogate)."""
+    if not sum(s.verified.values()):
         return "-"
-    others = ", ".join(f"{k} {v}" for k, v in sorted(s.verified.items()) if k != "verified")
-    return f"{s.verified['verified']} of {checked}" + (f" ({others})" if others else "")
+    ok = s.verified["verified"] + s.verified["unverified"]
+    text = f"{s.verified['verified']} of {ok} ok"
+    if s.verified["unverified"]:
+        text += f" ({s.verified['unverified']} unverified)"
+    if s.verified["overridden"]:
+        text += f"; overridden {s.verified['overridden']}"
+    return text
 
 
 def _status_row(s: StudySummary) -> dict[str, str]:

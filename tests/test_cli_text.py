@@ -52,7 +52,7 @@ def test_tune_status_and_best_keep_bracketed_names(tmp_path):
     assert name in result.output
     status = _run("status", "--run-dir", runs)
     assert status.exit_code == 0, status.output
-    assert name in status.output and "0 of 2 (unverified 2)" in _flat(status.output)
+    assert name in status.output and "0 of 2 ok (2 unverified)" in _flat(status.output)
     best = _run("best", "--study-name", name, "--run-dir", runs)
     assert best.exit_code == 0, best.output
     assert "unverified: DROPOUT: assigned inside a function or class" in _flat(best.output)

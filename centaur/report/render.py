@@ -230,19 +230,21 @@ def verification_md(runs: list[Run]) -> list[str]:
     """"The values that ran": per run, how many trials ran the values they record (script tasks only)."""
     rows = []
     for r in sorted(runs, key=lambda r: (r.method, r.seed)):
-        verdicts = Counter(t.verified for t in r.counted if t.verified)
+        verdicts = Counter(t.verified for t in r.counted
+                           if t.verified and (t.status == "ok" or t.verified == "overridden"))  # fmt: skip
         if verdicts:
+            ok = sum(t.status == "ok" for t in r.counted)
             rows.append([r.name, str(verdicts["verified"]), str(verdicts["unverified"]), str(verdicts["overridden"]),
-                         str(len(r.counted))])  # fmt: skip
+                         str(ok)])  # fmt: skip
     if not rows:
         return []
     return [
         "## The values that ran",
         "Each trial's process recorded the values the script really used (docs/your-script.md, \"The value that "
-        "ran\"): *verified*, all equal the recorded ones; *unverified*, some could not be seen (the study "
-        "records which and why); *overridden*, the script ran other values (such a trial is a failure and "
-        "stopped its study).",
-        _table(["study", "verified", "unverified", "overridden", "trials"], rows),
+        "ran\"). Of the successful trials: *verified*, all equal the recorded ones; *unverified*, some could not "
+        "be seen (the study records which and why). *Overridden*: trials whose script ran other values (a "
+        "failure of its own class, which stopped its study).",
+        _table(["study", "verified", "unverified", "overridden", "ok trials"], rows),
     ]
 
 

@@ -73,7 +73,7 @@ class StudySummary:
     best_trial: int | None = None
     best_config: dict[str, Any] | None = None
     best_metric: float | None = None  # the best trial's metric as printed (a maximised one is stored negated)
-    verified: Counter = field(default_factory=Counter)  # trials by verdict on their values (centaur.runner.verify)
+    verified: Counter = field(default_factory=Counter)  # ok trials by verdict on their values, and overridden ones
 
     @property
     def budget_left_s(self) -> float | None:
@@ -133,8 +133,9 @@ def _add_finished(s: StudySummary, t: FrozenTrial) -> None:
     s.sampler_s += float(t.user_attrs.get(SAMPLER_ATTR, 0.0))
     s.llm_s += float(t.user_attrs.get("llm_seconds", 0.0))
     s.llm_calls += int(t.user_attrs.get("llm_calls", 0))
-    if VERIFIED_ATTR in t.user_attrs:
-        s.verified[str(t.user_attrs[VERIFIED_ATTR])] += 1
+    verdict = t.user_attrs.get(VERIFIED_ATTR)
+    if verdict is not None and (is_success(t) or verdict == "overridden"):  # a failure's values gave no result
+        s.verified[str(verdict)] += 1
     if str(t.user_attrs.get(SOURCE_ATTR, "")).startswith("llm-fallback"):
         s.fallbacks += 1
     if is_success(t):

@@ -192,8 +192,10 @@ def test_work_at_load_time_is_bounded(tmp_path):
     result, log = serve(tmp_path, '''
         import time
 
-        print("ATTACK data", os.environ.get("CENTAUR_DATA_DIR"), os.path.exists("/data"), file=sys.stderr, flush=True)
-        time.sleep(10)  # the "training"
+        if __name__ != "__main__":  # in the model process (here, in the test, the model is only built)
+            print("ATTACK data", os.environ.get("CENTAUR_DATA_DIR"), os.path.exists("/data"), file=sys.stderr,
+                  flush=True)
+            time.sleep(10)  # the "training"
 
 
         def attack(x):

@@ -1,6 +1,7 @@
-"""Failed trials of a `centaur tune` study are failures where users look: optuna-dashboard's API (which reads
-Optuna's older list form of constraints) and Optuna's own feasibility, while every method still reads the
-study as before (the list copy of the `failed` constraint is shown to no sampler)."""
+"""A `centaur tune` study as users look at it: failed trials are failures in optuna-dashboard's API (which
+reads Optuna's older list form of constraints) and in Optuna's own feasibility, while every method still
+reads the study as before (the list copy of the `failed` constraint is shown to no sampler); a power of two
+is shown in the script's units beside its exponent."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from centaur.methods.failures import FailureView
 SCRIPT = '''
 LEARNING_RATE = 0.01
 LAYERS = 3
+WIDTH = 64
 if LAYERS % 2 == 0:  # even depths run out of memory
     raise MemoryError("cannot allocate")
 print("---")
@@ -31,7 +33,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> optuna.Study:
     work = tmp_path_factory.mktemp("dashboard")
     script = work / "train.py"
     script.write_text(SCRIPT)
-    (work / "centaur.toml").write_text("[space.params.LAYERS]\ntype = 'int'\nlow = 1\nhigh = 8\n")
+    (work / "centaur.toml").write_text("[space.params.LAYERS]\ntype = 'int'\nlow = 1\nhigh = 8\n"
+                                       "[space.params.WIDTH]\ntype = 'pow2'\nlow = 16\nhigh = 256\n")
     result = centaur.tune(script, method="random", n_trials=6, seed=1, run_dir=work / "runs", keep_going=True)
     return result.study
 
@@ -77,3 +80,14 @@ def test_a_users_own_constraint_list_is_left_alone() -> None:
     for form in ("penalty", "constraint", "worst"):
         (t,) = FailureView(study, form, {}).get_trials()
         assert t.system_attrs["constraints"] == [0.3, -1.0]
+
+
+def test_powers_of_two_are_shown_in_the_scripts_units(study: optuna.Study) -> None:
+    frame = study.trials_dataframe()
+    assert (frame["user_attrs_WIDTH"] == 2 ** frame["params_log2(WIDTH)"]).all()
+    assert frame["user_attrs_WIDTH"].iloc[0] == 64  # the baseline: the script's own value
+    for t in _dashboard_trials(study):
+        attrs = {a["key"]: a["value"] for a in t["user_attrs"]}
+        (exponent,) = [p["param_external_value"] for p in t["params"] if p["name"] == "log2(WIDTH)"]
+        assert attrs["WIDTH"] == str(2 ** int(exponent))
+    assert "user_attrs_LAYERS" not in frame.columns  # the same units as its parameter: no copy

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from centaur.runner.progress import ProgressPattern, watching
 from centaur.space import SearchSpace
 from centaur.study import optuna_private as op
+from centaur.study import schema
 from centaur.study.durable import PendingResult, ResultJournal, StorageUnavailable, with_retries, write_result
 from centaur.study.identity import StudyIdentity
 from centaur.study.lost import HEARTBEAT_S, close_lost_trials, close_trial_as_lost, owner_tag
@@ -468,7 +469,8 @@ def _start_trial(task: Task, study: optuna.Study) -> tuple[optuna.Trial, dict[st
     sampler_s = time.perf_counter() - t0
 
     def mark() -> None:
-        attrs = {CONFIG_ATTR: config, OWNER_ATTR: owner_tag(), STARTED_ATTR: time.time(), SAMPLER_ATTR: sampler_s}
+        attrs = {CONFIG_ATTR: config, OWNER_ATTR: owner_tag(), STARTED_ATTR: time.time(), SAMPLER_ATTR: sampler_s,
+                 **script_units(task.space, config)}  # fmt: skip
         # The source is already set on a queued trial (baseline, retry: in the Trial's cached attributes)
         # or by a sampler that records its own (LLM methods write it straight to the storage).
         if SOURCE_ATTR not in trial.user_attrs and not getattr(study.sampler, "records_source", False):
@@ -477,6 +479,18 @@ def _start_trial(task: Task, study: optuna.Study) -> tuple[optuna.Trial, dict[st
 
     with_retries(mark, f"starting trial {trial.number}")
     return trial, config
+
+
+_OUR_ATTRS = frozenset(v for k, v in vars(schema).items() if k.endswith("_ATTR") and isinstance(v, str))
+
+
+def script_units(space: SearchSpace, config: dict[str, Any]) -> dict[str, Any]:
+    """The parameters whose Optuna form differs from the script's (a power of two is its exponent to the
+    optimizers: `log2(HEAD_DIM)` = 7), under the script's own names with the values that ran (`HEAD_DIM`
+    = 128), as user attributes: what optuna-dashboard and `study.trials_dataframe()` show beside the
+    parameters. A name that is one of our own attributes is left to `config`."""
+    return {p.name: config[p.name] for p in space
+            if p.key != p.name and p.name in config and p.name not in _OUR_ATTRS}  # fmt: skip
 
 
 def _run_one(

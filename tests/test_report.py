@@ -219,3 +219,23 @@ def test_cli_merges_several_benches_and_refuses_a_study_given_twice(tmp_path: Pa
     assert all(_row(md, m)["seeds"] == "3" for m in DATA)  # every method of both benches, in one table
     twice = CliRunner().invoke(app, ["report", a, a, "-o", str(tmp_path / "out2")])
     assert twice.exit_code == 2 and "in two targets" in twice.output
+
+
+def test_report_shows_agent_code_noise_margin_and_each_decision(tmp_path):
+    from centaur.report.collect import runs_from_storage
+    from centaur.report.render import agent_code_md
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="ac")
+    study.set_user_attr("method", "agent-code")
+    study.set_user_attr("agent_code:noise_pairs", [[3.0, 3.04]])
+    study.set_user_attr("agent_code:noise_sd", 0.0283)
+    study.set_user_attr("agent_code:margin", 0.0566)
+    study.set_user_attr("agent_code:rule", "kept when the mean of two runs beats the best by the margin")
+    for value, decision, improvement in [(3.02, "baseline", None), (2.99, "reverted", 0.03), (2.90, "kept", 0.12)]:
+        attrs = {"status": "ok", "cost_s": 1.0, "agent_decision": decision}
+        if improvement is not None:
+            attrs.update(agent_improvement=improvement, agent_margin=0.0566)
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+    text = "\n".join(agent_code_md(runs_from_storage(tmp_path / "study.db")))
+    assert "noise of one run 0.0283 (from 1 pair(s)" in text and "margin 0.0566" in text
+    assert "| 1 | reverted | 2.9900 | +0.0300 | 0.0566 |" in text and "| 2 | kept | 2.9000 | +0.1200 | 0.0566 |" in text

@@ -60,6 +60,15 @@ from centaur.study.loop import (
 )
 from centaur.study.lost import close_lost_trials, owner_tag
 from centaur.study.records import OWNER_ATTR, SAMPLER_ATTR, STARTED_ATTR, STUDY_PENALTY, summarize
+from centaur.study.schema import (
+    AGENT_DECISION_ATTR,
+    AGENT_IMPROVEMENT_ATTR,
+    AGENT_MARGIN_ATTR,
+    AGENT_MARGIN_TRIAL_ATTR,
+    AGENT_NOISE_ATTR,
+    AGENT_NOISE_PAIRS_ATTR,
+    AGENT_RULE_ATTR,
+)
 from centaur.tasks.base import TrialResult, TrialStatus
 
 log = logging.getLogger(__name__)
@@ -68,7 +77,7 @@ METHOD = "agent-code"
 BEST_SOURCE_ATTR = "agent_code:best_source"  # study attribute: the current best script
 BEST_VALUE_ATTR = "agent_code:best_value"
 BEST_TRIAL_ATTR = "agent_code:best_trial"
-DECISION_ATTR = "agent_decision"  # baseline, kept, reverted, rejected, failed
+DECISION_ATTR = AGENT_DECISION_ATTR
 DESCRIPTION_ATTR = "agent_description"
 DIFF_ATTR = "agent_diff"
 REASON_ATTR = "agent_reason"
@@ -76,13 +85,11 @@ RETRY_OF_ATTR = "retry_of"  # set by the study on a queued retry of a lost trial
 MAX_DIFF_CHARS = 20_000
 DATA_DIR = "/data"  # where the training run sees its corpus folder (a neutral path)
 BEST_RUNS_ATTR = "agent_code:best_runs"  # the values of the best script's runs (its value is their mean)
-NOISE_PAIRS_ATTR = "agent_code:noise_pairs"  # pairs of values of the same script run twice
-NOISE_ATTR = "agent_code:noise_sd"  # the standard deviation of one run, from the pairs
-MARGIN_ATTR = "agent_code:margin"  # what an edit must improve on the best by to be kept
+NOISE_PAIRS_ATTR, NOISE_ATTR, MARGIN_ATTR = AGENT_NOISE_PAIRS_ATTR, AGENT_NOISE_ATTR, AGENT_MARGIN_ATTR
 OVERHEAD_ATTR = "agent_code:handover_overhead_s"  # the baseline's time past TIME_BUDGET to the hand-over
 BATCH_SECONDS_ATTR = "agent_code:batch_seconds"  # the baseline's slowest batch in the model process
 BATCH_FACTOR, BATCH_FLOOR_S = 4.0, 5.0  # later batches may take max(floor, factor x the baseline's)
-RULE_ATTR = "agent_code:rule"
+RULE_ATTR = AGENT_RULE_ATTR
 OPTIONS = frozenset(
     {"protect", "time_budget_name", "max_tokens", "temperature", "max_rejected_in_row", "isolate_network",
      "unsafe", "trust_script_metric", "grace_s", "max_processes", "read_only", "min_margin", "overrun_s",
@@ -359,8 +366,8 @@ class CodeAgent:
             if runs:
                 trial.set_user_attr("agent_runs", runs)
             if not baseline and result.status is TrialStatus.OK and not tampering and self.best_value is not None:
-                trial.set_user_attr("agent_margin", self.margin())
-                trial.set_user_attr("agent_improvement", self.best_value - float(result.value))
+                trial.set_user_attr(AGENT_MARGIN_TRIAL_ATTR, self.margin())
+                trial.set_user_attr(AGENT_IMPROVEMENT_ATTR, self.best_value - float(result.value))
             if tampering:
                 result = TrialResult(TrialStatus.INVALID, cost_s=result.cost_s, wall_s=result.wall_s,
                                      metrics=result.metrics, error="tampering: " + "; ".join(tampering),

@@ -17,6 +17,13 @@ from centaur.bench.grid import SECONDS_ATTR
 from centaur.paths import absolute_path, absolute_storage_url
 from centaur.study.records import cost_of, is_success, status_of
 from centaur.study.schema import (
+    AGENT_DECISION_ATTR,
+    AGENT_IMPROVEMENT_ATTR,
+    AGENT_MARGIN_ATTR,
+    AGENT_MARGIN_TRIAL_ATTR,
+    AGENT_NOISE_ATTR,
+    AGENT_NOISE_PAIRS_ATTR,
+    AGENT_RULE_ATTR,
     CONFIG_ATTR,
     SOURCE_ATTR,
     STUDY_BUDGET,
@@ -54,6 +61,9 @@ class TrialRecord:
     config_key: str | None = None  # the configuration's identity (repeated evaluations share it)
     llm_share: float | None = None  # Centaur: the share of LLM turns when this trial was decided
     verified: str | None = None  # script tasks: verified | unverified | overridden (centaur.runner.verify)
+    decision: str | None = None  # agent-code: baseline, kept, reverted, rejected, failed
+    improvement: float | None = None  # agent-code: how much the trial beat the best by (its mean of runs)
+    margin: float | None = None  # agent-code: what it had to beat the best by to be kept
 
 
 @dataclass
@@ -69,6 +79,7 @@ class Run:
     seconds: float | None = None  # wall seconds the benchmark spent on this study
     llm_known: bool = True  # the source records LLM calls (the reference trials file does not)
     instrument: Instrument | None = None  # surrogate studies: how finely the surrogate resolves differences
+    noise: dict[str, Any] = field(default_factory=dict)  # agent-code: noise_sd, margin, rule, noise pairs
     counted: list[TrialRecord] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -171,6 +182,8 @@ def runs_from_storage(target: str | Path) -> list[Run]:
             trials=records,
             seconds=attrs.get(SECONDS_ATTR),
             instrument=_instrument(attrs.get(INSTRUMENT_ATTR)),
+            noise={k.split(":", 1)[1]: attrs[k] for k in (AGENT_NOISE_ATTR, AGENT_MARGIN_ATTR, AGENT_RULE_ATTR,
+                                                           AGENT_NOISE_PAIRS_ATTR) if k in attrs},
         ))
     if not runs:
         raise ReportInputError(f"no studies in {url}")
@@ -208,6 +221,9 @@ def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
         config_key=_config_key(t.user_attrs.get(CONFIG_ATTR) or t.params),
         llm_share=_finite(t.user_attrs.get(SHARE_ATTR)),
         verified=t.user_attrs.get(VERIFIED_ATTR),
+        decision=t.user_attrs.get(AGENT_DECISION_ATTR),
+        improvement=_finite(t.user_attrs.get(AGENT_IMPROVEMENT_ATTR)),
+        margin=_finite(t.user_attrs.get(AGENT_MARGIN_TRIAL_ATTR)),
     )
 
 

@@ -248,6 +248,34 @@ def verification_md(runs: list[Run]) -> list[str]:
     ]
 
 
+def agent_code_md(runs: list[Run]) -> list[str]:
+    """agent-code's keep rule per study: the noise of honest runs, the margin, and each run edit's decision
+    with how much it beat the best by."""
+    parts: list[str] = []
+    for r in sorted(runs, key=lambda r: (r.method, r.seed)):
+        decided = [t for t in r.counted if t.decision in ("kept", "reverted") and t.improvement is not None]
+        if not r.noise and not decided:
+            continue
+        if not parts:
+            parts.append("## agent-code: edits kept beyond the noise")
+        pairs = r.noise.get("noise_pairs") or []
+        noise = r.noise.get("noise_sd")
+        margin = r.noise.get("margin")
+        parts.append(
+            f"**{r.name}**: noise of one run {'-' if noise is None else f'{noise:.4f}'} (from {len(pairs)} pair(s) "
+            f"of runs of one script), margin {'-' if margin is None else f'{margin:.4f}'}. Rule: "
+            f"{r.noise.get('rule', 'not recorded')}."
+        )
+        if decided:
+            rows = [
+                [str(t.number), t.decision or "", "-" if t.value is None else f"{t.value:.4f}",
+                 f"{t.improvement:+.4f}", "-" if t.margin is None else f"{t.margin:.4f}"]
+                for t in decided
+            ]  # fmt: skip
+            parts.append(_table(["trial", "decision", "value", "beat the best by", "margin"], rows))
+    return parts
+
+
 def winners_curse_md(runs: list[Run]) -> str:
     """Per run: how often its best configuration was evaluated, the mean of those evaluations, and the gap
     between the best single value and that mean. A best that is the minimum of many noisy evaluations of
@@ -321,6 +349,7 @@ def build_report(runs: list[Run], out_dir: Path | str, *, title: str, source: st
         "share of all trials, as the reference study counts it; the failure classes say which. LLM columns and "
         "fallbacks are sums per run, averaged over seeds. *Wall s / study*: benchmark wall seconds per study.",
         *verification_md(runs),
+        *agent_code_md(runs),
         "## Convergence",
         "![best so far against the cumulative budget, mean and ±1 std over seeds](convergence.png)",
     ]

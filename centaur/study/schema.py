@@ -29,6 +29,14 @@ ALIVE_ATTR = "alive_at"  # the worker's last heartbeat
 STARTED_ATTR = "started_at"
 OWNER_ATTR = "owner"  # host, pid and process start time of the worker running it
 ERROR_ATTR = "error"
+# agent-code's decisions, read by the report
+AGENT_DECISION_ATTR = "agent_decision"  # baseline, kept, reverted, rejected, failed
+AGENT_MARGIN_TRIAL_ATTR = "agent_margin"  # the margin this trial's improvement had to beat
+AGENT_IMPROVEMENT_ATTR = "agent_improvement"  # the best's value minus this trial's (its mean of runs)
+AGENT_NOISE_ATTR = "agent_code:noise_sd"  # the standard deviation of one run, from pairs of runs
+AGENT_NOISE_PAIRS_ATTR = "agent_code:noise_pairs"  # pairs of values of the same script run twice
+AGENT_MARGIN_ATTR = "agent_code:margin"  # what an edit must improve on the best by to be kept
+AGENT_RULE_ATTR = "agent_code:rule"  # the keep rule, in words
 VERIFIED_ATTR = "verified"  # verified | unverified | overridden: whether the values recorded are those that ran
 VERIFY_NOTE_ATTR = "verify_note"  # unverified: which names and why; overridden: what ran instead
 LOG_ATTR = "log"

@@ -416,8 +416,20 @@ def _write_best(script: Path, config: dict, output: Path | None, edited: str | N
         console.print("run it with: python " + shlex.join([str(script), *words]))
         return
     out = output or script.with_name(f"{script.stem}_best{script.suffix}")
-    out.write_text(edited or inject(script.read_text(encoding="utf-8"), config, str(script)), encoding="utf-8")
+    kind = getattr(space, "source", None)
+    out.write_text(edited or inject(script.read_text(encoding="utf-8"), config, str(script), kind), encoding="utf-8")
     console.print(f"wrote {out}")
+    if space is not None and getattr(space, "configurator", None):
+        # Its command's config files would set these names again: the values go last, as in the trials.
+        from centaur.config import config_path_for, load_config
+        from centaur.runner.command import parse_command
+        from centaur.space.overrides import configurator_args
+
+        command = load_config(config_path_for(script)).runner.command
+        words = parse_command(command) if command else []
+        before = [w for w in (words[: words.index("{args}")] if "{args}" in words else words) if "{" not in w]
+        console.print("run it with the values last, as the trials did: python "
+                      + shlex.join([str(out), *before, *configurator_args({**config, **space.fixed})]))  # fmt: skip
 
 
 def _centaur_options(method: str, ratio: float | None, warmup: int | None, no_state: bool,

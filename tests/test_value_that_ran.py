@@ -84,17 +84,21 @@ def test_configurator_with_config_file_in_command_runs_the_trial_values(tmp_path
     space = load_space(script)
     assert space.configurator == "configurator.py"
     assert "config/small.py" in space.override_note and "last" in space.override_note
+    # The baseline is what the command runs: the config file's values, not the script's own.
+    assert space.defaults() == {"n_layer": 2, "learning_rate": 1e-3, "batch_size": 8}
     result = centaur.tune(script, method="random", n_trials=4, seed=3, run_dir=tmp_path / "runs")
     trials = _trials(result)
     assert len(trials) == 4 and all(t.user_attrs["status"] == "ok" for t in trials)
+    assert _ran(trials[0]) == {"n_layer": "2", "learning_rate": "0.001", "batch_size": "8", "n_params": "2007"}
     sizes = set()
     for t in trials:
         ran = _ran(t)
         assert t.user_attrs["verified"] == "verified", t.user_attrs.get("verify_note")
-        assert int(ran["n_layer"]) == t.params["n_layer"]
-        assert float(ran["learning_rate"]) == t.params["learning_rate"]
-        assert int(ran["batch_size"]) == t.params["batch_size"]
-        sizes.add((t.params["n_layer"], int(ran["n_params"])))
+        recorded = t.user_attrs["config"]  # in the script's units (batch_size 8 is a power of two)
+        assert int(ran["n_layer"]) == recorded["n_layer"]
+        assert float(ran["learning_rate"]) == recorded["learning_rate"]
+        assert int(ran["batch_size"]) == recorded["batch_size"]
+        sizes.add((recorded["n_layer"], int(ran["n_params"])))
     assert len({n for n, _ in sizes}) == len({p for _, p in sizes}) > 1  # distinct n_layer, distinct models
 
 

@@ -22,7 +22,7 @@ from centaur.space.curated import (
     heuristic_param,
 )
 from centaur.space.extract import ScriptError, find_assignments, read_script, sibling_constants
-from centaur.space.overrides import check_command, find_configurator
+from centaur.space.overrides import check_command, command_values, find_configurator
 from centaur.space.params import KINDS, Param, SearchSpace, SpaceError
 from centaur.space.settings_classes import field_names, find_settings_fields
 from centaur.space.sources import (
@@ -46,7 +46,10 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
     if found_in.kind == "config":
         found_in = _config_source(script, source, config, toml)
     _check_command(config, found_in, toml)
-    assignments = found_in.candidates
+    configurator = find_configurator(source, script) if found_in.kind == "globals" else None
+    ran_by_command = _baseline_of_command(config, configurator, {c.name for c in found_in.candidates}, script)
+    assignments = [dataclasses.replace(c, value=ran_by_command[c.name][0]) if c.name in ran_by_command else c
+                   for c in found_in.candidates]  # fmt: skip
     excluded = set(config.exclude) | TASK_CONSTANTS
     untuned: dict[str, Param | None] = {}
     constants: dict[str, Any] = dict(sibling_constants(script))
@@ -98,11 +101,11 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
         if not param.contains(param.default):
             if spec:
                 raise SpaceError(
-                    f"{where}: the script's value {a.name} = {a.value!r} lies outside the range given here "
-                    f"({param.describe()}); widen the range, or set default = ... to a value inside it"
+                    f"{where}: {_whose(a.name, ran_by_command)} {a.name} = {a.value!r} lies outside the range given "
+                    f"here ({param.describe()}); widen the range, or set default = ... to a value inside it"
                 )
             raise SpaceError(
-                f"{a.name}: the script's value {a.value!r} lies outside its range ({param.describe()}); "
+                f"{a.name}: {_whose(a.name, ran_by_command)} {a.value!r} lies outside its range ({param.describe()}); "
                 f"widen it in [space.params.{a.name}] of {toml}"
             )
         params.append(param)
@@ -131,9 +134,15 @@ def build_space(script: Path, config: ProjectConfig | None = None) -> SearchSpac
     space.source_reason = found_in.reason  # type: ignore[attr-defined]
     space.arguments = found_in.arguments  # type: ignore[attr-defined]  # argparse: dest -> Argument
     space.config_file = found_in.config_file  # type: ignore[attr-defined]  # config: the parsed file
-    configurator = find_configurator(source, script) if found_in.kind == "globals" else None
     space.configurator = configurator  # type: ignore[attr-defined]  # applies --key=value: values also passed last
-    space.override_note = _check_overrides(config, space, script, configurator, found_in.kind, toml)  # type: ignore[attr-defined]
+    note = _check_overrides(config, space, script, configurator, found_in.kind, toml)
+    from_command = {p.name: ran_by_command[p.name] for p in params
+                    if p.name in ran_by_command and p.default == ran_by_command[p.name][0]}  # fmt: skip
+    if from_command:
+        shown = ", ".join(f"{n} = {v!r}" for n, (v, _) in sorted(from_command.items()))
+        words = ", ".join(sorted({w for _, w in from_command.values()}))
+        note += f"; the baseline is what the command runs ({words}): {shown}"
+    space.override_note = note  # type: ignore[attr-defined]
     if params and (problems := space.violations(space.defaults())):
         raise SpaceError(f"{script.name}: the script's own values are not a valid configuration: {'; '.join(problems)}")
     return space
@@ -274,6 +283,23 @@ def _check_command(config: ProjectConfig, found: Found, toml: Path) -> None:
     elif "script" not in used:
         raise ConfigError(f"{shown}: has no {{script}}: the {found.kind} source writes the trial's values into the "
                           "work copy of the script, which only runs as {script}")  # fmt: skip
+
+
+def _whose(name: str, ran_by_command: dict[str, tuple[Any, str]]) -> str:
+    return f"the value the command runs ({ran_by_command[name][1]})" if name in ran_by_command else "the script's value"
+
+
+def _baseline_of_command(config: ProjectConfig, configurator: str | None, names: set[str], script: Path
+                         ) -> dict[str, tuple[Any, str]]:  # fmt: skip
+    """With a configurator, what the `[runner] command`'s settings files and `--name=value` words before
+    `{args}` give the script's names: the values its own command runs, so the baseline is that run."""
+    if configurator is None or not config.runner.command:
+        return {}
+    from centaur.runner.command import parse_command
+
+    words = parse_command(config.runner.command)
+    before = words[: words.index("{args}")] if "{args}" in words else words
+    return command_values([w for w in before if "{" not in w], names, script.parent)
 
 
 def _check_overrides(config: ProjectConfig, space: SearchSpace, script: Path, configurator: str | None, kind: str,

@@ -22,7 +22,8 @@ from typing import Any
 
 from centaur.config import ConfigError
 from centaur.space.configfile import FORMATS, parse_config_text
-from centaur.space.extract import ScriptError, module_level_names, parse_script
+from centaur.space.extract import ScriptError, find_assignments, module_level_names, parse_script
+from centaur.space.sources import find_globals
 
 _APPLIES_ARGV = re.compile(r"sys\.argv")
 _SETS_GLOBALS = re.compile(r"globals\(\)\s*\[|globals\(\)\.update")
@@ -178,3 +179,32 @@ def script_setters(source: str, names: set[str], filename: str = "<script>") -> 
                     if isinstance(n, ast.Name) and n.id in names:
                         lines.setdefault(n.id, []).append(node.lineno)
     return {name: f"line {max(at)} of the script" for name, at in lines.items() if len(at) > 1}
+
+
+def command_values(words: Sequence[str], names: set[str], script_dir: Path) -> dict[str, tuple[Any, str]]:
+    """What the words of a `[runner] command` give `names`, applied in order as a configurator applies them
+    (the last wins): the literal module-level assignments of each Python settings file, and each
+    `--name=value`; by name, the value and the word that gives it. For the baseline: the script's values
+    as the command really runs them."""
+    found: dict[str, tuple[Any, str]] = {}
+    for word in words:
+        m = _ARG.match(word)
+        if m is not None:
+            if m.group(1) in names and m.group(2) is not None:
+                try:
+                    value = ast.literal_eval(m.group(2))
+                except (ValueError, SyntaxError):
+                    value = m.group(2)
+                found[m.group(1)] = (value, word)
+            continue
+        path = script_dir / word
+        if word.endswith(".py") and path.is_file():
+            try:
+                text = path.read_text(encoding="utf-8")
+                assigned = [*find_globals(text, str(path)), *find_assignments(text, str(path))]
+            except (OSError, UnicodeDecodeError, ScriptError):
+                continue
+            for a in sorted(assigned, key=lambda a: a.lineno):
+                if a.name in names:
+                    found[a.name] = (a.value, word)
+    return found

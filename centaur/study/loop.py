@@ -421,7 +421,7 @@ def run_worker(
                 hopeless = _hopeless(frozen, result, same_failures)
                 if hopeless:
                     if progress:
-                        progress.on_stop("stopped: the study cannot make progress", summary)
+                        progress.on_stop("the study cannot make progress", summary)
                     raise HopelessStudy(hopeless)
     if progress:
         progress.on_stop(reason, summary)

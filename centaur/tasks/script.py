@@ -171,10 +171,13 @@ class ScriptTask:
     def _verified(self, result: TrialResult, plan: VerificationPlan, trial_dir: Path, source: str) -> TrialResult:
         """`result` with its verdict; an OVERRIDDEN trial is no result of its recorded values."""
         names = {*plan.spec.get("globals", {}), *plan.spec.get("arguments", {})}
-        setters = script_setters(source, names, str(self.script))
+        setters: dict[str, str] = {}
         if self.config.runner.command:
-            words = [w for w in parse_command(self.config.runner.command) if "{" not in w]
-            setters.update(command_setters(words, names, self.script.parent))
+            words = parse_command(self.config.runner.command)
+            if getattr(self.space, "configurator", None) and "{args}" in words:
+                words = words[words.index("{args}") + 1 :]  # what comes before the values passed last cannot win
+            setters = command_setters([w for w in words if "{" not in w], names, self.script.parent)
+        setters.update(script_setters(source, names, str(self.script)))  # a line of the script runs after both
         reason = "the run was stopped before its module finished" if result.status is TrialStatus.TIMEOUT else ""
         verdict = judge(plan, read_observations(trial_dir), setters=setters, reason_unseen=reason)
         extra = {**result.extra, VERIFIED_ATTR: verdict.state}

@@ -391,3 +391,15 @@ def test_a_script_with_no_hyperparameter_gets_a_clear_message(tmp_path):
     script = _write(tmp_path / "none", {"train.py": "BOS_ID = 50256\nVOCAB_SIZE = 50257\nDATA_PATH = 'x'\n"})
     with pytest.raises(SpaceError, match=r"no tunable parameters found.*BOS_ID.*VOCAB_SIZE"):
         load_space(script)
+
+
+def test_a_script_line_after_the_configurator_is_named_not_the_config_file(tmp_path):
+    script = _write(tmp_path / "nano", {
+        "train.py": NANO.replace('exec(open("configurator.py").read())\n',
+                                 'exec(open("configurator.py").read())\nif batch_size > 0:\n    n_layer = 1\n'),
+        "configurator.py": CONFIGURATOR,
+        "config/small.py": "n_layer = 2\n",
+        "centaur.toml": '[runner]\ncommand = "{python} {script} config/small.py {args}"\n',
+    })  # fmt: skip
+    with pytest.raises(HopelessStudy, match=r"n_layer: wrote 2, ran 1 \(set by line 7 of the script\)"):
+        centaur.tune(script, method="random", n_trials=2, run_dir=tmp_path / "runs")

@@ -401,5 +401,5 @@ def test_a_script_line_after_the_configurator_is_named_not_the_config_file(tmp_p
         "config/small.py": "n_layer = 2\n",
         "centaur.toml": '[runner]\ncommand = "{python} {script} config/small.py {args}"\n',
     })  # fmt: skip
-    with pytest.raises(HopelessStudy, match=r"n_layer: wrote 2, ran 1 \(set by line 7 of the script\)"):
+    with pytest.raises(HopelessStudy, match=r"n_layer: wrote 2, ran 1 \(set by line 6 of the script\)"):
         centaur.tune(script, method="random", n_trials=2, run_dir=tmp_path / "runs")

@@ -114,6 +114,7 @@ def tune(
 
     check_parallel_method(method, workers)
     tracked = _tracking_settings(tracking, config)
+    trackers = build_trackers(tracked, trial_dir / "tracking")  # before the study: a missing package is named
     callbacks = list(callbacks or [])
     if callbacks and workers > 1:
         raise ValueError("callbacks run in this process: with workers > 1 use tracking (or [tracking] in "
@@ -186,7 +187,7 @@ def tune(
             )  # fmt: skip
         return run_worker(
             task, study, run_dir=trial_dir, budget_s=budget_s, n_trials=n_trials, penalty=penalty, progress=progress,
-            keep_going=keep_going, callbacks=[*build_trackers(tracked, trial_dir / "tracking"), *callbacks],
+            keep_going=keep_going, callbacks=[*trackers, *callbacks],
         )  # fmt: skip
     finally:
         _close(sampler)

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from centaur.tracking.callbacks import TrackerUnavailable
 from centaur.tracking.record import payload
 
 STUDY_TAG = "centaur.study"
@@ -25,7 +26,8 @@ class MlflowTracker:
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
-            raise ImportError("--mlflow needs MLflow: pip install mlflow-skinny (or the [tracking] extra)") from None
+            hint = "--mlflow needs MLflow: pip install 'centaur-hpo[tracking]' (or mlflow-skinny)"
+            raise TrackerUnavailable(hint) from None
         self.uri = tracking_uri
         self.experiment = experiment
         self._client_class = MlflowClient

@@ -9,6 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from centaur.tracking.callbacks import TrackerUnavailable
 from centaur.tracking.record import payload
 
 
@@ -22,7 +23,8 @@ class WandbTracker:
         try:
             import wandb
         except ImportError:
-            raise ImportError("--wandb needs Weights & Biases: pip install wandb (or the [tracking] extra)") from None
+            hint = "--wandb needs Weights & Biases: pip install 'centaur-hpo[tracking]' (or wandb)"
+            raise TrackerUnavailable(hint) from None
         self._wandb = wandb
         self.project = project
         self.mode = mode

@@ -30,6 +30,31 @@ def default_study_name(task: Task, method: str, seed: int) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{task.name}-{method}-seed{seed}")
 
 
+def existing_method(task: Task, seed: int, storage: str, study_name: str | None,
+                    progress: ProgressHook | None = None) -> str | None:  # fmt: skip
+    """The method of the study a run without `method` resumes: the named study's, or the one study of this
+    task and seed under a default name (`gpt-tpe-seed0`); None when there is none (or several)."""
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):].partition("?")[0]).exists():
+        return None
+    import optuna
+
+    from centaur.methods.base import available_methods
+    from centaur.study.schema import STUDY_METHOD
+    from centaur.study.storage import open_storage
+
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(open_storage(storage))}
+    if study_name is not None:
+        found = summaries.get(study_name)
+        return str(found.user_attrs[STUDY_METHOD]) if found and STUDY_METHOD in found.user_attrs else None
+    ours = [(name, m) for m in available_methods() if (name := default_study_name(task, m, seed)) in summaries]
+    if len(ours) != 1:
+        return None
+    name, method = ours[0]
+    if method != DEFAULT_METHOD:
+        _notify(progress, f"resuming study {name} with its own method, {method} (give --method to start another)")
+    return method
+
+
 def check_run_options(
     *, budget: float | str | None, penalty: float | None, workers: int, n_trials: int | None
 ) -> float | None:
@@ -54,7 +79,7 @@ def check_run_options(
 def tune(
     task: Task | str | Path | None = None,
     *,
-    method: str = DEFAULT_METHOD,
+    method: str | None = None,
     budget: float | str | None = None,
     n_trials: int | None = None,
     seed: int = 0,
@@ -94,11 +119,13 @@ def tune(
     budget_s = check_run_options(budget=budget, penalty=penalty, workers=workers, n_trials=n_trials)
     pruning = pruner_settings(pruner)
     task_arg, task = task, resolve_task(task)
-    study_name = study_name or default_study_name(task, method, seed)
     run_root = absolute_path(run_dir if run_dir is not None else DEFAULT_RUN_ROOT)
     if isinstance(storage, str):
         storage = absolute_storage_url(storage)
     storage = storage or default_storage_url(run_root)
+    if method is None:  # a study that exists keeps its own method, whatever today's default is
+        method = existing_method(task, seed, storage, study_name, progress) or DEFAULT_METHOD
+    study_name = study_name or default_study_name(task, method, seed)
     trial_dir = run_root / study_dirname(study_name)
     config = getattr(task, "config", None)
     # centaur.toml's [methods.NAME] first, the command line's options over them.

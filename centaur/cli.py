@@ -120,8 +120,10 @@ def tune_cmd(
         str | None, typer.Argument(help="script path, 'gpt' (bundled, default) or 'surrogate[:TRIALS]'")
     ] = None,
     method: Annotated[
-        str, typer.Option("--method", "-m", help="optimization method (see `centaur methods`)")
-    ] = DEFAULT_METHOD,
+        str | None,
+        typer.Option("--method", "-m", help=f"optimization method (see `centaur methods`; default: a resumed study's "
+                     f"own, else {DEFAULT_METHOD})"),
+    ] = None,
     budget: Annotated[
         str | None, typer.Option(help="compute budget, e.g. 24h, 90m, 600s (new study: 24h; resume: the study's)")
     ] = None,
@@ -206,8 +208,8 @@ def tune_cmd(
 
     try:
         options = _parse_options(option or [])
-        options.update(_centaur_options(method, llm_ratio, llm_warmup, no_cma_state, cma_backend))
-        options.update(_agent_code_options(method, trust_script_metric, unsafe_agent_code))
+        options.update(_centaur_options(method or DEFAULT_METHOD, llm_ratio, llm_warmup, no_cma_state, cma_backend))
+        options.update(_agent_code_options(method or DEFAULT_METHOD, trust_script_metric, unsafe_agent_code))
         pruning = PrunerSettings.parse(
             pruner, warmup=pruner_warmup, startup_trials=pruner_startup_trials, interval=pruner_interval,
             percentile=pruner_percentile, min_resource=pruner_min_resource, max_resource=pruner_max_resource,

@@ -180,3 +180,18 @@ def test_proposal_source_written_by_a_sampler_is_kept(tmp_path: Path) -> None:
     r = centaur.tune(QUAD, method="tpe", budget="3s", run_dir=tmp_path)
     sources = [t.user_attrs["proposal_source"] for t in r.study.get_trials()]
     assert sources == ["baseline", "tpe", "tpe"]
+
+
+def test_a_run_without_method_resumes_the_study_with_its_own_method(tmp_path):
+    from centaur.api import DEFAULT_METHOD
+
+    script = tmp_path / "task" / "train.py"
+    script.parent.mkdir()
+    script.write_text("LEARNING_RATE = 0.01\nprint(f'val_bpb: {1 + LEARNING_RATE}')\n")
+    other = "random" if DEFAULT_METHOD != "random" else "tpe"
+    first = centaur.tune(script, method=other, n_trials=1, run_dir=tmp_path / "runs")
+    again = centaur.tune(script, n_trials=1, run_dir=tmp_path / "runs")  # no method: the study's own
+    assert again.study.study_name == first.study.study_name == f"task-{other}-seed0"
+    assert len(again.study.trials) == 2 and again.study.user_attrs["method"] == other
+    fresh = centaur.tune(script, n_trials=1, seed=1, run_dir=tmp_path / "runs")  # no study of seed 1 yet
+    assert fresh.study.user_attrs["method"] == DEFAULT_METHOD

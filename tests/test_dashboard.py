@@ -91,3 +91,9 @@ def test_powers_of_two_are_shown_in_the_scripts_units(study: optuna.Study) -> No
         (exponent,) = [p["param_external_value"] for p in t["params"] if p["name"] == "log2(WIDTH)"]
         assert attrs["WIDTH"] == str(2 ** int(exponent))
     assert "user_attrs_LAYERS" not in frame.columns  # the same units as its parameter: no copy
+
+
+def test_the_search_space_attribute_is_one_entry_per_parameter(study: optuna.Study) -> None:
+    space = study.user_attrs["space"]
+    assert isinstance(space, dict) and space["WIDTH"] == "power of two, one of [16, 32, 64, 128, 256], default 64"
+    assert space["LAYERS"] == "int in [1, 8], default 3" and "LEARNING_RATE" in space

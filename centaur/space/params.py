@@ -257,6 +257,14 @@ class SearchSpace:
         lines += [f"constraint: {c.expression}" for c in self.constraints]
         return "\n".join(lines)
 
+    def as_record(self) -> dict[str, Any]:
+        """The space as a JSON object, one entry per parameter (and the constraints): what the study keeps
+        for people reading the storage (optuna-dashboard shows it as a table, not a run-on paragraph)."""
+        record: dict[str, Any] = {p.name: p.describe().split(": ", 1)[1] for p in self.params}
+        if self.constraints:
+            record["constraints"] = [c.expression for c in self.constraints]
+        return record
+
 
 def _is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0

@@ -249,7 +249,7 @@ def open_study(
         study.set_user_attr(STUDY_SEED, seed)
         study.set_user_attr(STUDY_TASK, task.name)
         study.set_user_attr(STUDY_PENALTY, penalty)
-        study.set_user_attr(STUDY_SPACE, task.space.describe())
+        study.set_user_attr(STUDY_SPACE, task.space.as_record())
         study.set_user_attr(IDENTITY_ATTR, identity_dict)
         if not study.get_trials(deepcopy=False):
             study.enqueue_trial(task.space.encode(task.space.defaults()), user_attrs={SOURCE_ATTR: "baseline"})

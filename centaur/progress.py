@@ -55,6 +55,8 @@ class RichProgress:
         self.summary = summary
         value = f"{trial.value:.6f}" if status_of(trial) == "ok" and trial.value is not None else status_of(trial)
         verdict = trial.user_attrs.get("verified", "verified")  # the values that ran (centaur.runner.verify)
+        if status_of(trial) not in ("ok", "overridden"):
+            verdict = "verified"  # a failure's values gave no result: no mark
         self.live.console.print(
             f"trial {trial.number:4d}  {value:>10}  cost {format_duration(trial.user_attrs.get('cost_s', 0))}"
             f"  source {trial.user_attrs.get('proposal_source', '')}"

@@ -15,10 +15,6 @@ log = logging.getLogger(__name__)
 Callback = Callable[[optuna.Study, FrozenTrial], None]  # Optuna's callback signature
 
 
-class TrackerUnavailable(ValueError):
-    """A tracker's package is not installed; the message says what to install."""
-
-
 @dataclass(frozen=True)
 class TrackingSettings:
     """`[tracking]` of centaur.toml, or `--mlflow URI` / `--wandb PROJECT`: stored with the study, so that

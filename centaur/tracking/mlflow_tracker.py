@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from centaur.tracking.callbacks import TrackerUnavailable
+from centaur.tracking.errors import TrackerUnavailable
 from centaur.tracking.record import payload
 
 STUDY_TAG = "centaur.study"

@@ -70,6 +70,9 @@ _PROGRESS_SHARE = 16  # an estimate scores EVAL_BYTES // this many bytes
 # ended at once as invalid (StepGuard) instead of running its uncounted steps and one overlong counted step
 # into the trial's timeout.
 _MIN_STEPS = 4
+# ... but never below this many seconds: a test's 2 s budget would otherwise end a small model whose first
+# steps a loaded machine slows past half a second.
+_MIN_STEP_LIMIT_S = 5.0
 _ADAM_BETAS = (0.8, 0.95)
 _SOFTCAP = 15.0
 
@@ -133,9 +136,9 @@ class StepGuard:
         while not self._done.wait(0.2):
             started = self._started
             if started is not None and time.perf_counter() - started > self.limit:
-                print(f"\nINVALID: one optimizer step took more than {self.limit:.1f} s, 1/{_MIN_STEPS} of "
-                      f"TIME_BUDGET = {TIME_BUDGET} s ({self.describe}); lower TOTAL_BATCH_SIZE or the model size",
-                      flush=True)  # fmt: skip
+                print(f"\nINVALID: one optimizer step took more than {self.limit:.1f} s (1/{_MIN_STEPS} of "
+                      f"TIME_BUDGET = {TIME_BUDGET} s, at least {_MIN_STEP_LIMIT_S:g} s) ({self.describe}); lower "
+                      "TOTAL_BATCH_SIZE or the model size", flush=True)  # fmt: skip
                 os._exit(3)
 
 
@@ -452,7 +455,7 @@ def main() -> int:
     # Every uncounted step and the first counted one; with torch.compile the first counted one only (compiling
     # a step may take longer than the limit).
     last = cfg["uncounted_steps"] + 1
-    guard = StepGuard(TIME_BUDGET / _MIN_STEPS, last - 1 if cfg["compile"] else 0, last,
+    guard = StepGuard(max(TIME_BUDGET / _MIN_STEPS, _MIN_STEP_LIMIT_S), last - 1 if cfg["compile"] else 0, last,
                       f"{num_params / 1e6:.1f}M parameters, {TOTAL_BATCH_SIZE} tokens per step")  # fmt: skip
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     end = "\r" if sys.stdout.isatty() else "\n"

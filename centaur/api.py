@@ -22,7 +22,7 @@ from centaur.tracking import Callback, TrackingSettings, build_trackers
 from centaur.units import parse_duration
 
 DEFAULT_RUN_ROOT = Path("centaur-runs")
-DEFAULT_METHOD = "tpe"
+DEFAULT_METHOD = "gp"  # the best measured (README, docs/bench.md); a resumed study keeps its own
 log = logging.getLogger(__name__)
 
 

@@ -164,7 +164,7 @@ def tune_cmd(
     ] = False,
     pruner: Annotated[
         str, typer.Option(help="stop bad trials early: none, median, percentile, successive-halving, hyperband, "
-                          "wilcoxon (needs [task] progress; docs/pruning.md)")
+                          "wilcoxon (needs \\[task] progress; docs/pruning.md)")
     ] = "none",
     pruner_warmup: Annotated[
         str | None, typer.Option(help="median/percentile/wilcoxon: no pruning before this step, e.g. 10s (0)")
@@ -193,13 +193,13 @@ def tune_cmd(
     pruner_fidelity: Annotated[
         str | None,
         typer.Option(help="run complete short schedules of this script parameter first, e.g. TIME_BUDGET "
-                     "(default: [task] fidelity)"),
+                     "(default: \\[task] fidelity)"),
     ] = None,
     mlflow: Annotated[
         str | None, typer.Option(help="log every trial to MLflow at this tracking URI, e.g. sqlite:///mlflow.db")
     ] = None,
     wandb: Annotated[
-        str | None, typer.Option(help="log every trial to this W&B project (offline; [tracking] wandb_mode)")
+        str | None, typer.Option(help="log every trial to this W&B project (offline; \\[tracking] wandb_mode)")
     ] = None,
 ) -> None:
     """Tune SCRIPT. Running the same command again resumes the study."""

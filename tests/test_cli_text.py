@@ -56,3 +56,10 @@ def test_tune_status_and_best_keep_bracketed_names(tmp_path):
     best = _run("best", "--study-name", name, "--run-dir", runs)
     assert best.exit_code == 0, best.output
     assert "unverified: DROPOUT: assigned inside a function or class" in _flat(best.output)
+
+
+def test_help_texts_keep_section_names():
+    result = _run("tune", "--help")
+    text = _flat(result.output.replace("│", " "))  # the help's panel borders
+    assert result.exit_code == 0
+    assert "needs [task] progress" in text and "[task] fidelity" in text and "[tracking] wandb_mode" in text

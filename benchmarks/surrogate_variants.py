@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from centaur.surrogate.data import CODE_METHOD, NUMERIC_HPS, load_trials
-from centaur.surrogate.features import FEATURE_NAMES, feature_matrix, frame_columns, physical
+from centaur.surrogate.data import CODE_METHOD, DEFAULT_CONFIG, NUMERIC_HPS, load_trials
+from centaur.surrogate.features import FEATURE_NAMES, feature_matrix, frame_columns, normalized_hps, physical
 from centaur.surrogate.model import FitOptions, fit_surrogate, objective_weights, prepare_training_frame
 from centaur.surrogate.scaling import ARCH_HPS, fit_scaling_law
 from centaur.surrogate.validate import BIAS_MIN_N, _key, max_abs_bias, novel_metrics
@@ -153,6 +153,114 @@ class ThroughputLaw:
         return self._predict(self.theta, c)
 
 
+@dataclass
+class LawBowl:
+    """Variant (a): `centaur.surrogate.scaling`'s law for the architecture at its best learning rates plus one
+    learning-rate penalty shared by every cell: val_bpb ~ E + A (N/25M)^-a + B (D/500M)^-b + C (S/950)^-c
+    + sum_k q_k (log10 lr_k - z . b_k)^2 over the four LR groups, q_k >= 0, the optimum z . b_k moving with width,
+    total batch and steps (`_arch_z`). Fitted jointly, robustly (soft L1 at 0.005), with the objective's loss
+    weights, on every successful trial below `cap` (not on an envelope): a cell run only with poor learning rates
+    is then explained by how far its learning rates sit from the optimum the other cells place there."""
+
+    cap: float = 1.1
+    # full: the bowl is a full quadratic form (x - opt)' L L' (x - opt) over the four log LRs and the warm-down
+    # ratio, so it can hold a ridge (learning rates traded against each other and the schedule), not only a
+    # round optimum per group
+    full: bool = False
+    linear: tuple[str, ...] = ("WARMDOWN_RATIO",)  # HPs in the full form besides the log LRs (on their own scale)
+    theta: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def _k(self) -> int:
+        return len(LRS) + (len(self.linear) if self.full else 0)
+
+    def _predict(self, t: np.ndarray, u: np.ndarray, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+        k = self._k()
+        law = t[0] + (np.exp(t[1:4]) * u ** -np.exp(t[4:7])).sum(axis=1)
+        nq = k * (k + 1) // 2 if self.full else k
+        q, b = t[7:7 + nq], t[7 + nq:].reshape(k, z.shape[1])
+        dev = x - z @ b.T
+        if not self.full:
+            return law + (dev ** 2 * np.exp(q)).sum(axis=1)
+        lower = np.zeros((k, k))
+        lower[np.tril_indices(k)] = q
+        return law + ((dev @ lower) ** 2).sum(axis=1)
+
+    def _inputs(self, c: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ph = physical(c)
+        u = np.column_stack([ph["params_nonembed"] / 2.5e7, ph["tokens_300s"] / 5e8, ph["steps_300s"] / 950.0])
+        x = _lr_x(c)
+        if self.full:
+            x = np.column_stack([x, *(c[h] for h in self.linear)])
+        return u, _arch_z(c), x
+
+    def fit(self, ok: pd.DataFrame, opts: FitOptions) -> LawBowl:
+        law = fit_scaling_law(ok)
+        keep = ok["val_bpb"].to_numpy() < self.cap
+        s = ok[keep]
+        y = s["val_bpb"].to_numpy()
+        w = objective_weights(y, opts)
+        sw = np.sqrt(w) if w is not None else np.ones(len(y))
+        u, z, x = self._inputs(frame_columns(s))
+        k = self._k()
+        b0 = np.zeros((k, z.shape[1]))
+        b0[:len(LRS), 0] = np.log10([0.6, 0.004, 0.04, 0.5])  # the defaults as a start
+        if self.full:
+            b0[len(LRS):, 0] = [float(DEFAULT_CONFIG[h]) for h in self.linear]
+            q0 = np.eye(k)[np.tril_indices(k)] * 0.1
+            qlo, qhi = np.full(len(q0), -5.0), np.full(len(q0), 5.0)
+        else:
+            q0, qlo, qhi = np.log(np.full(k, 0.01)), np.full(k, -20.0), np.full(k, 3.0)
+        assert law is not None
+        t0 = np.r_[law.e - 0.01, np.log(law.k), np.log(law.p), q0, b0.ravel()]
+        lo = np.r_[0.0, np.full(3, -20.0), np.full(3, np.log(0.01)), qlo, np.full(b0.size, -5.0)]
+        hi = np.r_[2.0, np.full(3, 5.0), np.full(3, np.log(3.0)), qhi, np.full(b0.size, 5.0)]
+        t0 = np.clip(t0, lo + 1e-9, hi - 1e-9)
+        self.theta = least_squares(lambda t: (self._predict(t, u, z, x) - y) * sw, t0, bounds=(lo, hi),
+                                   loss="soft_l1", f_scale=0.005, max_nfev=3000).x
+        return self
+
+    def predict(self, c: dict[str, np.ndarray]) -> np.ndarray:
+        return self._predict(self.theta, *self._inputs(c))
+
+
+def _gp_inputs(c: dict[str, np.ndarray]) -> np.ndarray:
+    """The 14 HPs in [0, 1] (log scale where the space is; the window pattern one-hot) and the law's three terms
+    (log10 params, tokens and steps, scaled to about [0, 1] over the space)."""
+    ph = physical(c)
+    law = np.column_stack([(np.log10(ph["params_nonembed"]) - 6.0) / 3.0, (np.log10(ph["tokens_300s"]) - 8.0) / 2.0,
+                           (np.log10(ph["steps_300s"]) - 1.5) / 2.5])
+    return np.column_stack([normalized_hps(c), law])
+
+
+GP_CLIP = 1.2  # val_bpb above this is clipped before the GP (near-divergent runs are not Gaussian)
+GP_SUBSAMPLE = 700  # trials the kernel's hyperparameters are fitted on (then the GP is conditioned on all)
+
+
+def fit_gp(c: dict[str, np.ndarray], r: np.ndarray, w: np.ndarray | None, seed: int, by_weight: bool = False
+           ) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """Variant (b): a GP on the residual R of a parametric base, instead of trees: ARD Matern 5/2 (one length
+    scale per input) + white noise, hyperparameters by marginal likelihood on a random subsample, then
+    conditioned on all trials with noise variance sigma^2 * mean(w) / w (the objective's loss weights as
+    inverse noise). Far from the data it reverts to the mean residual, i.e. to the base, not to a leaf."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    x = _gp_inputs(c)
+    rng = np.random.default_rng(seed)
+    prob = w / w.sum() if by_weight and w is not None else None
+    sub = rng.choice(len(r), size=min(GP_SUBSAMPLE, len(r)), replace=False, p=prob)
+    mu, sd = float(r.mean()), float(r.std())
+    kern = (ConstantKernel(1.0, (1e-2, 1e2)) * Matern(np.ones(x.shape[1]), (1e-2, 1e2), nu=2.5)
+            + WhiteKernel(0.1, (1e-5, 1.0)))
+    hp = GaussianProcessRegressor(kern, normalize_y=False, random_state=seed).fit(x[sub], (r[sub] - mu) / sd)
+    k = hp.kernel_
+    noise = k.k2.noise_level
+    ww = w if w is not None else np.ones(len(r))
+    gp = GaussianProcessRegressor(k.k1, alpha=noise * ww.mean() / ww, optimizer=None, normalize_y=False)
+    gp.fit(x, (r - mu) / sd)
+    return lambda cc: mu + sd * gp.predict(_gp_inputs(cc))
+
+
 # -- variants ----------------------------------------------------------------------------------------------
 
 
@@ -165,6 +273,12 @@ class Variant:
     interaction: str = ""  # "", "strict" or "scaled": LightGBM interaction constraints (see `interaction_groups`)
     scaling_law: bool = False  # trees on the residual of centaur.surrogate.scaling's law (init_score)
     throughput: str = ""  # "", "width" or "width+batch": trees on `ThroughputLaw`'s residual instead
+    bowl: str = ""  # "", "diag", "full" or "full-wd": trees (or the GP) on `LawBowl`'s residual instead of the law's
+    regressor: str = "trees"  # "trees" (LightGBM ensemble) or "gp" (`fit_gp`) on the base's residual
+    bowl_cap: float = 1.1  # LawBowl: fitted on the successful trials below this
+    average: tuple[str, ...] = ()  # the mean of these variants' predictions (structural model averaging)
+    seed_offset: int = 0  # added to the member seeds (a control: the same model with other members)
+    options: dict[str, Any] = field(default_factory=dict)  # the package's own fit with these FitOptions overrides
     note: str = ""
 
 
@@ -208,6 +322,20 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("law-mono", scaling_law=True, monotone=MONO_TOKENS, note="law + mono"),
     Variant("law-compute", scaling_law=True, extra=compute_features, note="law + compute"),
     Variant("law-lropt", scaling_law=True, lr_optimum="features", note="law + lropt-feat"),
+    Variant("law-bowl", bowl="diag", note="(a) law + a shared LR bowl, fitted jointly on all trials; trees on it"),
+    Variant("law-gp", scaling_law=True, regressor="gp", note="(b) a GP instead of the trees on the law's residual"),
+    Variant("law-bowl-gp", bowl="diag", regressor="gp", note="(a) + (b): a GP on the residual of law-bowl"),
+    Variant("law-ridge", bowl="full", note="(a') law-bowl with a full quadratic form over the LRs and warm-down"),
+    Variant("law-ridge-wd", bowl="full-wd", note="law-ridge with the weight decay in the form too"),
+    Variant("law-ridge-wd-1", bowl="full-wd", bowl_cap=1.0,
+            note="law-ridge-wd fitted on the trials below 1.0 (the basin, where the objective's weight is)"),
+    Variant("law+ridge", average=("law", "law-ridge-wd"), note="mean of law and law-ridge-wd"),
+    Variant("lr-ridge", options={"lr_ridge": True}, note="law+ridge as the package fits it (FitOptions.lr_ridge)"),
+    Variant("law-s5", scaling_law=True, seed_offset=5, note="law with member seeds 5-9 (for the control)"),
+    Variant("law+law", average=("law", "law-s5"), note="control for law+ridge: law with 10 members"),
+    Variant("law-gp-cap", scaling_law=True, regressor="gp-cap",
+            note="(b') law-gp on the trials below 1.1, kernel fitted on a subsample drawn by loss weight"),
+    Variant("law-mix", scaling_law=True, regressor="mix", note="(b'') mean of law's trees and law-gp-cap"),
     Variant("ic-strict", interaction="strict", note="additive: trees on the architecture or on the LRs, not both"),
     Variant("ic-scaled", interaction="scaled", note="ic-strict, the LR trees also see width, total batch, steps"),
     Variant("ic-scaled-compute", interaction="scaled", extra=compute_features, note="ic-scaled + compute"),
@@ -217,6 +345,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 
 def fit_objective(train: pd.DataFrame, v: Variant, opts: FitOptions) -> Callable[[pd.DataFrame], np.ndarray]:
     """The variant's ensemble fitted on the successful trials of TRAIN; returns a predictor of frames."""
+    if v.options:
+        model = fit_surrogate(train, opts, **v.options)
+        return lambda df: model.predict_frame(df)["raw"]
+    if v.average:
+        fits = [fit_objective(train, VARIANTS[n], opts) for n in v.average]
+        return lambda df: np.mean([f(df) for f in fits], axis=0)
     ok = train[train["success"]].reset_index(drop=True)
     y = ok["val_bpb"].to_numpy()
     lro = LROptimum().fit(frame_columns(ok), y) if v.lr_optimum else None
@@ -241,12 +375,25 @@ def fit_objective(train: pd.DataFrame, v: Variant, opts: FitOptions) -> Callable
         parts.append(law.predict)
     if v.throughput:
         parts.append(ThroughputLaw(batch=v.throughput == "width+batch").fit(ok).predict)
+    if v.bowl:
+        linear = ("WARMDOWN_RATIO", "WEIGHT_DECAY") if v.bowl == "full-wd" else ("WARMDOWN_RATIO",)
+        parts.append(LawBowl(cap=v.bowl_cap, full=v.bowl.startswith("full"), linear=linear).fit(ok, opts).predict)
 
     def offset(df: pd.DataFrame) -> np.ndarray:
         c = frame_columns(df)
         return np.sum([f(c) for f in parts], axis=0)
 
     init = offset(ok) if parts else None
+    gp = None
+    if v.regressor in ("gp", "gp-cap", "mix"):
+        c_ok = frame_columns(ok)
+        base_ok = init if init is not None else np.zeros(len(y))
+        sel = y < 1.1 if v.regressor != "gp" else np.ones(len(y), dtype=bool)
+        w_gp = objective_weights(y[sel], opts)
+        gp = fit_gp({k: a[sel] for k, a in c_ok.items()}, np.minimum(y, GP_CLIP)[sel] - base_ok[sel], w_gp,
+                    opts.seed, by_weight=v.regressor != "gp")
+        if v.regressor != "mix":
+            return lambda df: gp(frame_columns(df)) + (offset(df) if init is not None else 0.0)
     mono = [v.monotone.get(n, 0) for n in names]
     base = dict(verbose=-1, num_threads=opts.num_threads, feature_fraction=0.8, bagging_fraction=0.8, bagging_freq=1,
                 deterministic=True, force_row_wise=True, objective="regression", learning_rate=opts.learning_rate,
@@ -256,12 +403,14 @@ def fit_objective(train: pd.DataFrame, v: Variant, opts: FitOptions) -> Callable
     if v.interaction:
         base["interaction_constraints"] = interaction_groups(names, v.interaction)
     w = objective_weights(y, opts)
-    boosters = [lgb.train(dict(base, seed=opts.seed + k), lgb.Dataset(x, y, weight=w, init_score=init),
+    boosters = [lgb.train(dict(base, seed=opts.seed + v.seed_offset + k), lgb.Dataset(x, y, weight=w, init_score=init),
                           opts.n_estimators) for k in range(opts.n_models)]
 
     def predict(df: pd.DataFrame) -> np.ndarray:
         _, xt = design(df)
         p = np.mean([b.predict(xt, num_threads=1) for b in boosters], axis=0)
+        if gp is not None:  # "mix": the trees' residual and the GP's, averaged
+            p = 0.5 * (p + gp(frame_columns(df)))
         return p + offset(df) if init is not None else p
 
     return predict

@@ -489,3 +489,79 @@ def test_trees_on_the_law_extrapolate_along_it(tmp_path: Path) -> None:
     with_law.save(tmp_path / "m.pkl")
     again = SurrogateModel.load(tmp_path / "m.pkl")
     assert again.predict_frame(wide)["raw"] == pytest.approx(with_law.predict_frame(wide)["raw"])
+
+
+# -- the learning-rate ridge (FitOptions.lr_ridge, off by default) -------------------------------------------
+
+
+def ridge_trials(seed: int = 0) -> pd.DataFrame:
+    """Architectures on a grid whose best val_bpb follows `true_law`, each run at MATRIX_LR and UNEMBEDDING_LR
+    multiples of 0.5, 1 and 2 of their optimum, with a ridge: only their product matters
+    (val_bpb + 0.02 (log2 m + log2 u)^2)."""
+    from centaur.surrogate.data import COLUMNS
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for depth in (4, 6, 8, 10, 12):
+        for ar in (32, 64, 96, 128):
+            for tbs in (2**17, 2**18, 2**19):
+                for m in (0.5, 1.0, 2.0):
+                    for u in (0.5, 1.0, 2.0):
+                        c = dict(DEFAULT_CONFIG, DEPTH=depth, ASPECT_RATIO=ar, TOTAL_BATCH_SIZE=tbs,
+                                 MATRIX_LR=0.04 * m, UNEMBEDDING_LR=0.004 * u)
+                        v = true_law(c) + 0.02 * (math.log2(m) + math.log2(u)) ** 2 + rng.normal(0, 2e-4)
+                        rows.append({**c, "val_bpb": v})
+    rows += [{**DEFAULT_CONFIG, "val_bpb": true_law(DEFAULT_CONFIG) + rng.normal(0, 2e-4)} for _ in range(6)]
+    df = pd.DataFrame(rows)
+    df["method"], df["seed"], df["tid"], df["success"], df["wt"] = "A", 0, range(len(df)), True, 300.0
+    return df[list(COLUMNS)]
+
+
+def test_ridge_law_finds_the_ridge_and_follows_it() -> None:
+    from centaur.surrogate.scaling import fit_ridge_law
+
+    df = ridge_trials()
+    ridge = fit_ridge_law(df)
+    assert ridge is not None and ridge.n_trials == int((df["val_bpb"] < 1.1).sum())
+    # far along the ridge (8x one LR, 1/8 the other: no trial within 4x) the value is the law's; across it, worse
+    along = dict(DEFAULT_CONFIG, DEPTH=8, ASPECT_RATIO=64, MATRIX_LR=0.32, UNEMBEDDING_LR=0.0005)
+    across = dict(along, UNEMBEDDING_LR=0.032)
+    p_along, p_across = ridge.predict(F.config_columns([along, across]))
+    assert p_along == pytest.approx(true_law(along), abs=3e-3)
+    assert p_across - true_law(across) > 0.2  # 0.02 * 6^2 = 0.72 in truth
+    # the form's flattest direction is the ridge, (1, -1) in log MATRIX_LR and log UNEMBEDDING_LR
+    q = ridge.form()[1:3, 1:3]
+    flat, steep = np.array([1.0, -1.0]) / math.sqrt(2), np.array([1.0, 1.0]) / math.sqrt(2)
+    assert flat @ q @ flat < 0.05 * (steep @ q @ steep)
+    assert ridge.as_dict()["trials"] == ridge.n_trials
+
+
+def test_lr_ridge_option_averages_two_ensembles(tmp_path: Path) -> None:
+    df = ridge_trials()
+    opts = FitOptions(n_models=2, n_estimators=60, learning_rate=0.1, min_data_in_leaf=5, clf_estimators=20,
+                      cost_estimators=10)
+    plain = fit_surrogate(df, opts)
+    assert plain.ridge is None and plain.ridge_regressors == [] and plain.meta["ridge_law"] is None
+    model = fit_surrogate(df, opts, lr_ridge=True)
+    assert model.ridge is not None and len(model.ridge_regressors) == 2 and model.meta["ridge_law"]["trials"] > 0
+    assert "LR ridge" in model.describe()
+    test = df.sample(50, random_state=0)
+    cols = F.frame_columns(test)
+    x = F.feature_matrix(cols)
+    law = np.vstack([b.predict(x) for b in model.regressors]) + model.law.predict(cols)
+    ridge = np.vstack([b.predict(x) for b in model.ridge_regressors]) + model.ridge.predict(cols)
+    p = model.predict_frame(test)
+    assert p["raw"] == pytest.approx(0.5 * (law.mean(axis=0) + ridge.mean(axis=0)))
+    assert p["epistemic_sd"] == pytest.approx(np.vstack([law, ridge]).std(axis=0))
+    # the law's ensemble is the default model's: the option only adds
+    assert plain.predict_frame(test)["raw"] == pytest.approx(law.mean(axis=0))
+    model.save(tmp_path / "m.pkl")
+    assert SurrogateModel.load(tmp_path / "m.pkl").predict_frame(test)["raw"] == pytest.approx(p["raw"])
+    # a model pickled before the option existed loads as a plain one
+    state = plain.__getstate__()
+    del state["ridge"], state["ridge_regressors"]
+    old = SurrogateModel.__new__(SurrogateModel)
+    old.__setstate__(state)
+    assert old.predict_frame(test)["raw"] == pytest.approx(plain.predict_frame(test)["raw"])
+    with pytest.raises(ValueError, match="lr_ridge needs scaling_law"):
+        fit_surrogate(df, opts, lr_ridge=True, scaling_law=False)

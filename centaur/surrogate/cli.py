@@ -61,6 +61,8 @@ def fit(
                                                help="also fit on the Karpathy Agent (Code) trials")] = False,
     n_models: Annotated[int, typer.Option(help="bagged LightGBM regressors in the ensemble")] = 5,
     seed: Annotated[int, typer.Option(help="seed of the fit")] = 0,
+    lr_ridge: Annotated[bool, typer.Option("--lr-ridge/--no-lr-ridge", help="off by default: also an ensemble on "
+                                           "a shared learning-rate ridge, averaged (FitOptions.lr_ridge)")] = False,
 ) -> None:
     """Fit the surrogate on a trials file and save it."""
     from centaur.surrogate.model import FitOptions, fit_surrogate
@@ -70,14 +72,16 @@ def fit(
             say(f"loading {trials}")
             df = load_trials(trials)
             say(f"fitting on {len(df)} trials")
-            model = fit_surrogate(df, FitOptions(include_code=include_code, n_models=n_models, seed=seed))
+            model = fit_surrogate(df, FitOptions(include_code=include_code, n_models=n_models, seed=seed,
+                                                 lr_ridge=lr_ridge))
             say(f"saving {output}")
             model.save(output)
     m = model.meta
     t = Table(title=f"surrogate saved to {output}", show_header=False)
     for k, v in [("data sha256", m["data_sha256"][:16] + "…"), ("trials used", m["n_trials"]),
                  ("successful", m["n_success"]), ("failed", m["n_failed"]),
-                 ("code trials", "in" if include_code else "out"), ("ensemble", f"{n_models} x LightGBM"),
+                 ("code trials", "in" if include_code else "out"),
+                 ("ensemble", f"{n_models} x LightGBM" + (" x 2 (law, law + LR ridge)" if lr_ridge else "")),
                  ("noise sd (median of repeats)", f"{model.noise.median_sd:.2e} ({model.noise.n_groups} groups)"),
                  ("support threshold", f"{model.support_threshold:.3f}"), ("fit seconds", f"{m['fit_seconds']:.1f}")]:
         t.add_row(k, str(v))
@@ -100,6 +104,8 @@ def validate(
                        ] = True,
     n_models: Annotated[int, typer.Option(help="bagged regressors per fit")] = 5,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON")] = None,
+    lr_ridge: Annotated[bool, typer.Option("--lr-ridge/--no-lr-ridge", help="off by default: also an ensemble on "
+                                           "a shared learning-rate ridge, averaged (FitOptions.lr_ridge)")] = False,
 ) -> None:
     """Fidelity of the surrogate on held-out trials: cross-seed, leave-one-method-out, leave-one-run-out and
     leave-one-seed-out (one fit per distinct training set; about 3 s a fit)."""
@@ -113,7 +119,8 @@ def validate(
         raise typer.Exit(2)
     with _clear_errors():
         with _spinner() as say:
-            report = validate_surrogate(trials, options=FitOptions(n_models=n_models), include_code=include_code,
+            report = validate_surrogate(trials, options=FitOptions(n_models=n_models, lr_ridge=lr_ridge),
+                                        include_code=include_code,
                                         methods=methods and "method" in chosen, cross_seed="cross-seed" in chosen,
                                         holdout=[s for s in ("run", "seed") if s in chosen],
                                         progress=lambda s: say(f"fitting: {s}"))

@@ -38,7 +38,7 @@ from centaur.surrogate.features import (
     normalized_hps,
     snap_config,
 )
-from centaur.surrogate.scaling import ScalingLaw, fit_scaling_law
+from centaur.surrogate.scaling import RidgeLaw, ScalingLaw, fit_ridge_law, fit_scaling_law
 
 FORMAT_TAG = "centaur-surrogate"
 # 2: objective loss weighted toward the competitive region; 3: trees on a scaling law's residual (old caches refit)
@@ -94,6 +94,11 @@ class FitOptions:
     # Fit the trees on the residual of a scaling law in params, tokens and steps, so they extrapolate along it
     # (docs/surrogate.md, "Fidelity"); False: trees on val_bpb itself (format 2's objective).
     scaling_law: bool = True
+    # Off by default (not adopted; docs/surrogate.md, "What was tried for extrapolation"): a second ensemble of the
+    # same trees on the residual of the law plus a shared learning-rate ridge (scaling.RidgeLaw); the noise-free
+    # value is the mean of the two ensembles' predictions and epistemic_sd the spread of all their members.
+    # Needs scaling_law.
+    lr_ridge: bool = False
     seed: int = 0
     num_threads: int = 1  # the machine is shared: one thread per fit avoids spin-wait collapse
 
@@ -171,8 +176,12 @@ class SurrogateModel:
         options: FitOptions,
         meta: dict[str, Any],
         law: ScalingLaw | None = None,
+        ridge: RidgeLaw | None = None,
+        ridge_regressors: list[lgb.Booster] | None = None,
     ) -> None:
         self.law = law
+        self.ridge = ridge
+        self.ridge_regressors = ridge_regressors or []
         self.regressors = regressors
         self.classifier = classifier
         self.cost_model = cost_model
@@ -192,6 +201,8 @@ class SurrogateModel:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("ridge", None)  # saved before FitOptions.lr_ridge existed
+        state.setdefault("ridge_regressors", [])
         self.__dict__.update(state)
         self._tree = cKDTree(self.support_points)
 
@@ -241,6 +252,12 @@ class SurrogateModel:
         x = feature_matrix(cols)
         members = np.vstack([b.predict(x, num_threads=1) for b in self.regressors])
         raw = members.mean(axis=0) + (self.law.predict(cols) if self.law is not None else 0.0)
+        spread = members.std(axis=0)
+        if self.ridge is not None and self.ridge_regressors:  # FitOptions.lr_ridge: two ensembles, averaged
+            ridge = np.vstack([b.predict(x, num_threads=1) for b in self.ridge_regressors]) + self.ridge.predict(cols)
+            everyone = np.vstack([members + (self.law.predict(cols) if self.law is not None else 0.0), ridge])
+            raw = 0.5 * (raw + ridge.mean(axis=0))
+            spread = everyone.std(axis=0)
         p_fail = self.classifier.predict(x, num_threads=1)
         fail_cost = np.exp(self.cost_model.predict(x, num_threads=1))
         dist, _ = self._tree.query(normalized_hps(cols), k=1)
@@ -248,7 +265,7 @@ class SurrogateModel:
         excess = np.maximum(dist - self.support_threshold, 0.0)
         penalty = self.options.ood_slope * excess
         value = raw + penalty
-        return {"raw": raw, "value": value, "epistemic_sd": members.std(axis=0), "p_fail": p_fail,
+        return {"raw": raw, "value": value, "epistemic_sd": spread, "p_fail": p_fail,
                 "fail_cost": fail_cost, "distance": dist, "penalty": penalty,
                 "noise_sd": self.noise.sd_at(value)}
 
@@ -291,6 +308,8 @@ class SurrogateModel:
     def describe(self) -> str:
         m = self.meta
         law = "scaling law + " if self.law is not None else ""
+        if self.ridge is not None and self.ridge_regressors:
+            law = "mean of (scaling law, scaling law + LR ridge), each + "
         return (f"surrogate: {law}{len(self.regressors)} x LightGBM on {m.get('n_success')} successful trials "
                 f"({m.get('n_trials')} in all, code trials {'in' if self.options.include_code else 'out'}), "
                 f"{self._weight_note()}noise sd {self.noise.median_sd:.2e} (median of {self.noise.n_groups} "
@@ -352,6 +371,18 @@ def fit_surrogate(
                       num_leaves=opts.num_leaves, min_data_in_leaf=opts.min_data_in_leaf, seed=opts.seed + k)
         data_k = lgb.Dataset(x_ok, y_ok, weight=w_ok, init_score=init, free_raw_data=True)
         regs.append(lgb.train(params, data_k, opts.n_estimators))
+    ridge, ridge_regs = None, []
+    if opts.lr_ridge:
+        if law is None:
+            raise ValueError("lr_ridge needs scaling_law (and enough architecture cells for the law)")
+        ridge = fit_ridge_law(ok, competitive_weight=opts.competitive_weight, weight_below=opts.weight_below)
+        if ridge is not None:
+            init_r = ridge.predict(frame_columns(ok))
+            for k in range(opts.n_models):
+                params = dict(base, objective="regression", learning_rate=opts.learning_rate,
+                              num_leaves=opts.num_leaves, min_data_in_leaf=opts.min_data_in_leaf, seed=opts.seed + k)
+                ridge_regs.append(lgb.train(params, lgb.Dataset(x_ok, y_ok, weight=w_ok, init_score=init_r),
+                                            opts.n_estimators))
 
     x_all = feature_matrix(frame_columns(data))
     failed = (~data["success"]).to_numpy().astype(float)
@@ -384,9 +415,11 @@ def fit_surrogate(
         "loo_nn_median": float(np.median(loo)),
         "best_observed": float(y_ok.min()),
         "scaling_law": law.as_dict() if law is not None else None,
+        "ridge_law": ridge.as_dict() if ridge is not None else None,
         "fit_seconds": time.perf_counter() - t0,
         "lightgbm": lgb.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     return SurrogateModel(regressors=regs, classifier=clf, cost_model=cost, noise=noise, support_points=pts,
-                          support_threshold=thr, options=opts, meta=meta, law=law)
+                          support_threshold=thr, options=opts, meta=meta, law=law, ridge=ridge,
+                          ridge_regressors=ridge_regs)

@@ -130,5 +130,5 @@ def test_a_failing_short_run_is_the_trial_result(tmp_path: Path) -> None:
         centaur.tune(script, method="random", n_trials=1, run_dir=tmp_path / "runs", pruner=sha)
     study = optuna.load_study(study_name="task-random-seed0", storage=f"sqlite:///{tmp_path / 'runs' / 'study.db'}")
     t = study.get_trials()[0]
-    assert t.state == TrialState.COMPLETE and t.user_attrs["status"] == "crash"  # told with the penalty
+    assert t.state == TrialState.FAIL and t.user_attrs["status"] == "crash" and t.user_attrs["penalty"] == 100.0
     assert t.user_attrs["cost_s"] > 0 and 3 not in t.intermediate_values  # a failed run reports nothing

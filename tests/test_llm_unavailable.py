@@ -321,7 +321,7 @@ def test_fallback_draw_that_repeats_a_trial_is_redrawn(tmp_path, llm_env):
     client = LLMClient(LLMSettings(base_url=DOWN, max_retries=0))
     ctx = MethodContext(space=QuadTask.space, seed=0, options={"max_unavailable_in_row": 0}, llm=client)
     sampler = create_sampler("agent-hps", ctx)
-    sampler._partner = Stubborn()
+    sampler.inner._partner = Stubborn()  # create_sampler puts every method in its failure view
     study = optuna.create_study(sampler=sampler)
     study.enqueue_trial(QuadTask.space.encode(QuadTask.space.defaults()))
     seen = []

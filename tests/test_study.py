@@ -11,10 +11,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 import centaur
 from centaur.cli import app
+from centaur.methods.failures import FailureView
 from centaur.study.records import summarize
 from centaur.study.storage import default_storage_url, open_storage
 
@@ -48,7 +50,7 @@ def test_same_seed_same_sequence_and_resume_continues(tmp_path: Path) -> None:
     assert all(c not in cs[:5] for c in cs[5:])  # a resumed random search does not replay its sequence
 
 
-def test_failures_get_penalty_and_constraint(tmp_path: Path) -> None:
+def test_failures_are_failed_trials_told_with_the_penalty(tmp_path: Path) -> None:
     script = tmp_path / "s" / "train.py"
     script.parent.mkdir()
     script.write_text(
@@ -58,13 +60,18 @@ def test_failures_get_penalty_and_constraint(tmp_path: Path) -> None:
     (script.parent / "centaur.toml").write_text('[space.params.ALPHA]\ntype = "float"\nlow = 0.0\nhigh = 1.0\n')
     r = centaur.tune(script, method="random", budget="1h", n_trials=12, penalty=50.0, run_dir=tmp_path / "runs")
     trials = r.study.get_trials()
+    seen = {t.number: t for t in FailureView(r.study, "penalty", {}).get_trials()}  # what the method reads
     for t in trials:
         if t.user_attrs["config"]["ALPHA"] > 0.6:
-            # the named constraint, and its copy in the list form optuna-dashboard reads (Optuna names it "0")
-            assert t.user_attrs["status"] == "oom" and t.value == 50.0 and t.constraints == {"failed": 1.0, "0": 1.0}
+            # recorded FAIL (no penalty among the values people plot), the penalty kept as what it is told
+            assert t.state == TrialState.FAIL and t.value is None
+            assert t.user_attrs["status"] == "oom" and t.user_attrs["penalty"] == 50.0
+            assert seen[t.number].state == TrialState.COMPLETE and seen[t.number].value == 50.0
         else:
             assert t.user_attrs["status"] == "ok" and t.value == t.user_attrs["config"]["ALPHA"]
+            assert seen[t.number].value == t.value
     assert r.summary.failures["oom"] >= 1
+    assert r.best_value == min(t.value for t in trials if t.state == TrialState.COMPLETE)
 
 
 def test_sigkill_mid_study_then_resume(tmp_path: Path) -> None:

@@ -149,7 +149,7 @@ def test_debug_reassignment_is_overridden_and_stops_the_study(tmp_path):
     study = optuna.load_study(study_name="dbg", storage=default_storage_url(tmp_path / "runs"))
     [trial] = study.trials  # stopped at the first such trial, recorded as a failure of its own class
     assert trial.user_attrs["status"] == "overridden" and trial.user_attrs["verified"] == "overridden"
-    assert trial.value == 100.0  # the penalty, never the value of a configuration that did not run
+    assert trial.value is None and trial.user_attrs["penalty"] == 100.0  # a failure, never a result
 
 
 def test_argparse_namespace_rewritten_from_yaml_after_parse_args(tmp_path):

@@ -13,6 +13,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from centaur.methods.failure_view import told_through_view
 from centaur.space import SearchSpace
 from centaur.study import optuna_private as op
 from centaur.study.schema import CONFIG_ATTR, SOURCE_ATTR, STATUS_ATTR  # noqa: F401  (every method reads them)
@@ -80,9 +81,11 @@ def method_info(name: str) -> MethodInfo:
 
 
 def create_sampler(name: str, ctx: MethodContext) -> BaseSampler:
+    """Method `name`'s sampler, reading failed trials as its method is told them (methods/failure_view.py)."""
     info = method_info(name)
     try:
-        return info.factory(ctx)
+        sampler = info.factory(ctx)
+        return told_through_view(sampler, name, ctx.space) if isinstance(sampler, BaseSampler) else sampler
     except MethodError:
         raise
     except (ValueError, TypeError) as e:

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 
 from centaur.bench.grid import SECONDS_ATTR
 from centaur.paths import absolute_path, absolute_storage_url
@@ -209,7 +208,7 @@ def _record(t: optuna.trial.FrozenTrial) -> TrialRecord:
     ok = is_success(t)
     return TrialRecord(
         number=t.number,
-        status=status_of(t) if t.state != TrialState.FAIL else "lost",
+        status=status_of(t),
         value=float(t.value) if ok else None,
         cost_s=cost_of(t),
         noise_free=_finite(t.user_attrs.get("noise_free")),

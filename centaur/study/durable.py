@@ -162,7 +162,7 @@ def write_result(study: optuna.Study, r: PendingResult) -> None:
         # No read first: the write itself refuses a finished trial, and writing again what a dropped
         # connection already wrote is harmless (upserts; the tell skips a finished trial).
         # The named constraint for Optuna's samplers, and the same value in the list form optuna-dashboard
-        # reads, so a failed trial shows there as infeasible (samplers never see the list: methods/failures.py).
+        # reads, so a failed trial shows there as infeasible (samplers never see the list: methods/failure_view.py).
         constraint = None if r.constraint is None else float(r.constraint)
         attrs = None if constraint is None else {op.constraint_key(FEASIBLE_CONSTRAINT): constraint,
                                                  op.constraint_list_key(): [constraint]}  # fmt: skip

@@ -55,6 +55,7 @@ from centaur.study.schema import (
     STUDY_SEED,
     STUDY_SPACE,
     STUDY_TASK,
+    TOLD_ATTR,
     WALL_ATTR,
 )
 from centaur.study.storage import open_storage
@@ -571,10 +572,10 @@ def record_result(
     journal: ResultJournal | None = None,
     pruned: dict[str, Any] | None = None,
 ) -> None:
-    """Write a finished trial: COMPLETE with its value, or with `penalty` and the failed constraint for a
-    failure; FAIL for a lost one; PRUNED (`pruned`: its step and value attributes) for one the pruner
-    stopped, with status "pruned", what it ran as its cost and no failed constraint. Kept in
-    `journal` until the storage confirmed it, and retried."""
+    """Write a finished trial: COMPLETE with its value; FAIL for a failure, with the value its method is
+    told (`penalty`) and the failed constraint; FAIL for a lost one; PRUNED (`pruned`: its step and value
+    attributes) for one the pruner stopped, with status "pruned", what it ran as its cost and no failed
+    constraint. Kept in `journal` until the storage confirmed it, and retried."""
     ok = result.status is TrialStatus.OK and result.value is not None and math.isfinite(result.value)
     status = result.status.value if ok or result.status is not TrialStatus.OK else TrialStatus.CRASH.value
     attrs: dict[str, Any] = {
@@ -605,8 +606,11 @@ def record_result(
         state, value, constraint = "PRUNED", None, 0.0  # it ran fine: not infeasible to constrained samplers
     elif lost:
         state, value, constraint = "FAIL", None, None
-    else:
-        state, value, constraint = "COMPLETE", (float(result.value) if ok else float(penalty)), (0.0 if ok else 1.0)
+    elif ok:
+        state, value, constraint = "COMPLETE", float(result.value), 0.0
+    else:  # FAIL for people and plots; methods are told `penalty` (methods/failure_view.py)
+        state, value, constraint = "FAIL", None, 1.0
+        attrs[TOLD_ATTR] = float(penalty)
     pending = PendingResult(
         study_name=study.study_name,
         trial_id=op.trial_id(trial),

@@ -20,6 +20,7 @@ BENCH_SECONDS_ATTR = "bench_seconds"  # wall seconds the harness spent on the st
 
 # -- trial user attributes ---------------------------------------------------------------------------
 STATUS_ATTR = "status"  # TrialStatus value
+TOLD_ATTR = "penalty"  # a failed trial (state FAIL): the value its method is told (methods/failure_view.py)
 CONFIG_ATTR = "config"  # the configuration that ran, in real units
 SOURCE_ATTR = "proposal_source"  # who proposed it: sampler name, "baseline", "llm", "llm-fallback", ...
 COST_ATTR = "cost_s"  # what the trial counts against the budget

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from centaur.study.records import cost_of, is_success, status_of
 from centaur.study.schema import CONFIG_ATTR, SOURCE_ATTR, VERIFIED_ATTR, WALL_ATTR
@@ -46,7 +46,7 @@ def payload(trial: FrozenTrial) -> TrialPayload:
     metrics["wall_s"] = float(attrs.get(WALL_ATTR, 0.0))
     if is_success(trial) and trial.value is not None:
         metrics["objective"] = float(trial.value)
-    status = status_of(trial) if trial.state != TrialState.FAIL else "lost"
+    status = status_of(trial)
     tags = {"status": status, "source": str(attrs.get(SOURCE_ATTR, ""))}
     if VERIFIED_ATTR in attrs:
         tags["verified"] = str(attrs[VERIFIED_ATTR])

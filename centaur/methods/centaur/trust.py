@@ -33,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 from centaur.methods.base import SOURCE_ATTR, STATUS_ATTR, MethodError, trial_seed, typed_option
 from centaur.methods.centaur.schedule import LLMSchedule
 from centaur.methods.cmaes.sampler import GEN_ATTR
+from centaur.methods.failures import is_failure
 
 FLOOR, CEILING = 0.05, 0.5
 WINDOW = 30  # credited LLM turns that count: the latest, so the share follows an LLM that improves
@@ -69,11 +70,12 @@ def credits(trials: Sequence[FrozenTrial], minimize: bool = True) -> list[tuple[
         if not t.state.is_finished():
             continue
         mine = _score(t, minimize)
-        if mine == math.inf and t.state != TrialState.FAIL:  # it ran and failed (a lost trial says nothing)
+        lost = t.state == TrialState.FAIL and not is_failure(t)  # its worker died: it says nothing
+        if mine == math.inf and not lost:  # it ran and failed
             out.append((t.number, 0.0))
             continue
         peers = own_by_gen.get(int(t.system_attrs.get(GEN_ATTR, -1)), [])
-        if not peers or t.state == TrialState.FAIL:
+        if not peers or lost:
             continue
         wins = 0.0
         for p in peers:

@@ -56,13 +56,14 @@ def _objective(config: dict) -> float:
 
 
 def _run(study: optuna.Study, space: SearchSpace, n: int, fail=lambda c: False, penalty: float = 100.0) -> None:
-    """A minimal study loop: failures are recorded as the study loop records them (penalty + class)."""
+    """A minimal study loop: failures are recorded as the study loop records them (FAIL, class, told value)."""
     for _ in range(n):
         trial = study.ask()
         config = space.suggest(trial)
         if fail(config):
             trial.set_user_attr("status", "oom")
-            study.tell(trial, penalty)
+            trial.set_user_attr("penalty", penalty)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
             trial.set_user_attr("status", "ok")
             study.tell(trial, _objective(config))
@@ -151,7 +152,8 @@ def test_resume_continues_the_initial_design_and_tells_every_old_trial(tmp_path:
     assert len(set(keys)) == len(keys)
 
 
-def test_failures_are_told_with_the_penalty_and_their_class(tmp_path: Path) -> None:
+@pytest.mark.parametrize("record", ["fail", "complete"])  # as the study loop records failures; as it did
+def test_failures_are_told_with_the_penalty_and_their_class(tmp_path: Path, record: str) -> None:
     from smac.runhistory import StatusType
 
     space = _small_space()
@@ -160,12 +162,14 @@ def test_failures_are_told_with_the_penalty_and_their_class(tmp_path: Path) -> N
     dists = space.distributions()
     for i, status in enumerate(("oom", "timeout", "crash", "diverged", "ok")):
         config = dict(space.defaults(), LAYERS=i + 1)
+        failed_now = status != "ok" and record == "fail"
         study.add_trial(
             optuna.trial.create_trial(
+                state=optuna.trial.TrialState.FAIL if failed_now else optuna.trial.TrialState.COMPLETE,
                 params=space.encode(config),
                 distributions=dists,
-                value=100.0 if status != "ok" else 1.5,
-                user_attrs={"status": status},
+                value=None if failed_now else 100.0 if status != "ok" else 1.5,
+                user_attrs={"status": status, **({"penalty": 100.0} if failed_now else {})},
             )
         )
     space.suggest(study.ask())  # the sampler syncs before it asks
@@ -242,7 +246,7 @@ def test_smac_beats_random_search_on_a_cheap_function(tmp_path: Path) -> None:
         for t in s.trials:
             if t.system_attrs[ORIGIN_ATTR].startswith("Acquisition"):
                 model_trials += 1
-                model_failed += t.value == 100.0
+                model_failed += t.user_attrs["status"] == "oom"
     assert np.mean(best["smac"]) < np.mean(best["random"])
     # The penalty taught the forest where trials fail: its own proposals rarely go there
     # (SMAC's 20% random interleaving still does, by design).

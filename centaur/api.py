@@ -151,12 +151,10 @@ def tune(
     if method_info(method).own_loop:  # agent-code edits the script itself: its own loop, not a sampler
         from centaur.agentcode.loop import tune_agent_code
 
-        if callbacks or tracked.active:
-            raise ValueError(f"callbacks and tracking are not available with {method} yet; its trials are in the "
-                             "study (centaur status, centaur report)")  # fmt: skip
         return tune_agent_code(
             task, storage=storage, study_name=study_name, seed=seed, budget_s=budget_s, n_trials=n_trials,
             penalty=penalty, run_dir=trial_dir, options=options, llm=llm, progress=progress,
+            callbacks=[*trackers, *callbacks],
         )  # fmt: skip
     ctx = MethodContext(
         space=task.space,

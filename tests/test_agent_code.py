@@ -234,12 +234,13 @@ class _FakeTask:
 
 
 # -- whole studies on the toy task ------------------------------------------------------------------
-def _run(toy: Path, server: FakeLLMServer, tmp_path: Path, n_trials: int, **options):
+def _run(toy: Path, server: FakeLLMServer, tmp_path: Path, n_trials: int, tracking=None, callbacks=None,
+         **options):
     # The toy task declares no evaluation the tuner can run itself: its metric is the script's own report.
     options.setdefault("trust_script_metric", True)
     llm = LLMSettings(base_url=server.base_url, model="fake-model", max_retries=0, timeout_s=10.0)
     return tune(toy, method="agent-code", n_trials=n_trials, budget=None, run_dir=tmp_path / "runs", llm=llm,
-                method_options=options)
+                method_options=options, tracking=tracking, callbacks=callbacks)
 
 
 @pytest.mark.slow
@@ -344,6 +345,27 @@ def test_stops_after_too_many_rejected_edits(toy, tmp_path):
         result = _run(toy, server, tmp_path, n_trials=20, max_rejected_in_row=3)
     assert "3 edits in a row were rejected" in result.stop_reason
     assert len(result.study.trials) == 4
+
+
+@pytest.mark.slow
+def test_trackers_and_callbacks_get_every_agent_code_trial(toy, tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    seen = []
+    with FakeLLMServer() as server:
+        server.push(reply("raise the LR", "LR = 0.1  # step size\n", "LR = 0.5  # step size\n"),
+                    reply("broken", "MOMENTUM = 0.0  # unused knob\n", "MOMENTUM = (0.0\n"))
+        result = _run(toy, server, tmp_path, n_trials=3, tracking={"mlflow": uri},
+                      callbacks=[lambda study, trial: seen.append((trial.number, trial.state))])
+    trials = result.study.trials
+    assert [n for n, _ in seen] == [t.number for t in trials] and len(trials) == 3
+    assert all(state.is_finished() for _, state in seen)  # told after the trial was recorded
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("centaur").experiment_id])
+    children = sorted((r for r in runs if "mlflow.parentRunId" in r.data.tags),
+                      key=lambda r: int(r.data.tags["centaur.trial"]))  # fmt: skip
+    assert [r.data.tags["centaur.decision"] for r in children] == [t.user_attrs[DECISION_ATTR] for t in trials]
+    assert [r.data.tags["centaur.status"] for r in children] == [t.user_attrs["status"] for t in trials]
 
 
 def test_bad_options(toy, tmp_path):

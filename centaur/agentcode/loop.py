@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ from centaur.study.schema import (
     AGENT_RULE_ATTR,
 )
 from centaur.tasks.base import TrialResult, TrialStatus
+from centaur.tracking.callbacks import Callback, notify
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +225,10 @@ class CodeAgent:
         penalty: float = 100.0,
         seed: int = 0,
         storage: str | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.task = task
+        self.callbacks = list(callbacks)
         self.study = study
         self.client = client
         self.run_dir = Path(run_dir)
@@ -377,6 +381,8 @@ class CodeAgent:
         if reason:
             trial.set_user_attr(REASON_ATTR, reason[:1000])
         record_result(self.study, trial, result, self.penalty)
+        if self.callbacks:  # trackers: one that fails is logged, never stops the study
+            notify(self.callbacks, self.study, op.read_trial(self.study, trial))
         if decision in ("kept", "baseline") and result.status is TrialStatus.OK:
             self._keep(candidate.source or self.original, runs or [float(result.value)], trial.number)
         return decision
@@ -848,8 +854,10 @@ def tune_agent_code(
     options: dict[str, Any] | None = None,
     llm: Any = None,
     progress: ProgressHook | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TuneResult:
-    """`centaur.tune(method="agent-code")`: open (or resume) the study and run the agent."""
+    """`centaur.tune(method="agent-code")`: open (or resume) the study and run the agent; `callbacks` (trackers
+    included) get every finished trial, as in the study loop."""
     if not hasattr(task, "script") or not hasattr(task, "config"):
         raise AgentCodeError(
             f"agent-code edits a training script; task {getattr(task, 'name', task)!r} is not a script task"
@@ -864,7 +872,7 @@ def tune_agent_code(
                            options=dict(options or {}))
         budget_s, penalty = study_budget(study), float(study.user_attrs[STUDY_PENALTY])
         agent = CodeAgent(task, study, client, run_dir=Path(run_dir), options=opts, penalty=penalty, seed=seed,
-                          storage=storage if isinstance(storage, str) else None)
+                          storage=storage if isinstance(storage, str) else None, callbacks=callbacks)
         return agent.run(budget_s=budget_s, n_trials=n_trials, progress=progress)
     finally:
         if client is not ctx.llm:

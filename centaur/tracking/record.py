@@ -12,7 +12,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from centaur.study.records import cost_of, is_success, status_of
-from centaur.study.schema import CONFIG_ATTR, SOURCE_ATTR, VERIFIED_ATTR, WALL_ATTR
+from centaur.study.schema import AGENT_DECISION_ATTR, CONFIG_ATTR, SOURCE_ATTR, VERIFIED_ATTR, WALL_ATTR
 
 _INVALID = re.compile(r"[^A-Za-z0-9_\-. /]")
 
@@ -50,6 +50,8 @@ def payload(trial: FrozenTrial) -> TrialPayload:
     tags = {"status": status, "source": str(attrs.get(SOURCE_ATTR, ""))}
     if VERIFIED_ATTR in attrs:
         tags["verified"] = str(attrs[VERIFIED_ATTR])
+    if AGENT_DECISION_ATTR in attrs:  # agent-code: what became of the edit (kept, reverted, rejected, ...)
+        tags["decision"] = str(attrs[AGENT_DECISION_ATTR])
     if attrs.get("error"):
         tags["error"] = str(attrs["error"])[:500]
     log = Path(attrs["log"]) if isinstance(attrs.get("log"), str) and Path(attrs["log"]).is_file() else None

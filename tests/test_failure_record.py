@@ -64,11 +64,10 @@ def _configs(study: optuna.Study) -> list[str]:
 
 
 @pytest.mark.parametrize("method", ["random", "tpe", "tpe-optuna", "cmaes", "cmaes-optuna", "gp", "smac",
-                                    "centaur-null"])
+                                    "centaur-null", "ngopt", pytest.param("hebo", marks=pytest.mark.slow)])
 def test_every_method_proposes_the_same_under_either_record(method: str, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    if method == "gp":
-        pytest.importorskip("torch")
+    pytest.importorskip({"gp": "torch", "ngopt": "nevergrad", "hebo": "hebo"}.get(method, "optuna"))
     now = centaur.tune(BowlWithWall(), method=method, budget=None, n_trials=14, seed=3, run_dir=tmp_path / "new")
     with monkeypatch.context() as m:
         _record_the_old_way(m)

@@ -474,14 +474,15 @@ def test_trees_on_the_law_extrapolate_along_it(tmp_path: Path) -> None:
     wide = law_trials(ar_max=128)
     wide = wide[(wide["ASPECT_RATIO"] >= 112) & (wide["MATRIX_LR"] == 0.04)]
     opts = FitOptions(n_models=1, n_estimators=150, learning_rate=0.1, min_data_in_leaf=5, clf_estimators=20,
-                      cost_estimators=10, competitive_weight=1.0)
+                      cost_estimators=10, competitive_weight=1.0, lr_ridge=False)
     with_law = fit_surrogate(train, opts)
     without = fit_surrogate(train, opts, scaling_law=False)
+    with_ridge = fit_surrogate(train, opts, lr_ridge=True)  # the default: the law's ensemble and the ridge's
     assert with_law.law is not None and without.law is None and with_law.meta["scaling_law"]["cells"] == n_cells(train)
     y = wide["val_bpb"].to_numpy()
     rmse = {name: float(np.sqrt(np.mean((m.predict_frame(wide)["raw"] - y) ** 2)))
-            for name, m in (("law", with_law), ("trees", without))}
-    assert rmse["law"] < 0.5 * rmse["trees"], rmse
+            for name, m in (("law", with_law), ("trees", without), ("ridge", with_ridge))}
+    assert rmse["law"] < 0.5 * rmse["trees"] and rmse["ridge"] < 0.5 * rmse["trees"], rmse
     # the model is the law plus the trees' mean, and it round-trips
     cols = F.frame_columns(wide)
     trees = np.mean([b.predict(F.feature_matrix(cols)) for b in with_law.regressors], axis=0)
@@ -491,7 +492,7 @@ def test_trees_on_the_law_extrapolate_along_it(tmp_path: Path) -> None:
     assert again.predict_frame(wide)["raw"] == pytest.approx(with_law.predict_frame(wide)["raw"])
 
 
-# -- the learning-rate ridge (FitOptions.lr_ridge, off by default) -------------------------------------------
+# -- the learning-rate ridge (FitOptions.lr_ridge, on by default since format 4) -----------------------------
 
 
 def ridge_trials(seed: int = 0) -> pd.DataFrame:
@@ -540,10 +541,11 @@ def test_lr_ridge_option_averages_two_ensembles(tmp_path: Path) -> None:
     df = ridge_trials()
     opts = FitOptions(n_models=2, n_estimators=60, learning_rate=0.1, min_data_in_leaf=5, clf_estimators=20,
                       cost_estimators=10)
-    plain = fit_surrogate(df, opts)
+    plain = fit_surrogate(df, opts, lr_ridge=False)
     assert plain.ridge is None and plain.ridge_regressors == [] and plain.meta["ridge_law"] is None
-    model = fit_surrogate(df, opts, lr_ridge=True)
-    assert model.ridge is not None and len(model.ridge_regressors) == 2 and model.meta["ridge_law"]["trials"] > 0
+    model = fit_surrogate(df, opts)  # the default
+    assert model.options.lr_ridge and model.ridge is not None and len(model.ridge_regressors) == 2
+    assert model.meta["ridge_law"]["trials"] > 0
     assert "LR ridge" in model.describe()
     test = df.sample(50, random_state=0)
     cols = F.frame_columns(test)
@@ -563,5 +565,6 @@ def test_lr_ridge_option_averages_two_ensembles(tmp_path: Path) -> None:
     old = SurrogateModel.__new__(SurrogateModel)
     old.__setstate__(state)
     assert old.predict_frame(test)["raw"] == pytest.approx(plain.predict_frame(test)["raw"])
-    with pytest.raises(ValueError, match="lr_ridge needs scaling_law"):
-        fit_surrogate(df, opts, lr_ridge=True, scaling_law=False)
+    # the ridge sits on the law: without it, one ensemble on val_bpb itself (format 2's objective)
+    no_law = fit_surrogate(df, opts, scaling_law=False)
+    assert no_law.law is None and no_law.ridge is None and no_law.ridge_regressors == []

@@ -61,8 +61,8 @@ def fit(
                                                help="also fit on the Karpathy Agent (Code) trials")] = False,
     n_models: Annotated[int, typer.Option(help="bagged LightGBM regressors in the ensemble")] = 5,
     seed: Annotated[int, typer.Option(help="seed of the fit")] = 0,
-    lr_ridge: Annotated[bool, typer.Option("--lr-ridge/--no-lr-ridge", help="off by default: also an ensemble on "
-                                           "a shared learning-rate ridge, averaged (FitOptions.lr_ridge)")] = False,
+    lr_ridge: Annotated[bool, typer.Option("--lr-ridge/--no-lr-ridge", help="also an ensemble on a shared "
+                                           "learning-rate ridge, averaged (FitOptions.lr_ridge)")] = True,
 ) -> None:
     """Fit the surrogate on a trials file and save it."""
     from centaur.surrogate.model import FitOptions, fit_surrogate
@@ -104,8 +104,8 @@ def validate(
                        ] = True,
     n_models: Annotated[int, typer.Option(help="bagged regressors per fit")] = 5,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON")] = None,
-    lr_ridge: Annotated[bool, typer.Option("--lr-ridge/--no-lr-ridge", help="off by default: also an ensemble on "
-                                           "a shared learning-rate ridge, averaged (FitOptions.lr_ridge)")] = False,
+    lr_ridge: Annotated[bool, typer.Option("--lr-ridge/--no-lr-ridge", help="also an ensemble on a shared "
+                                           "learning-rate ridge, averaged (FitOptions.lr_ridge)")] = True,
 ) -> None:
     """Fidelity of the surrogate on held-out trials: cross-seed, leave-one-method-out, leave-one-run-out and
     leave-one-seed-out (one fit per distinct training set; about 3 s a fit)."""

@@ -41,8 +41,9 @@ from centaur.surrogate.features import (
 from centaur.surrogate.scaling import RidgeLaw, ScalingLaw, fit_ridge_law, fit_scaling_law
 
 FORMAT_TAG = "centaur-surrogate"
-# 2: objective loss weighted toward the competitive region; 3: trees on a scaling law's residual (old caches refit)
-FORMAT_VERSION = 3
+# 2: objective loss weighted toward the competitive region; 3: trees on a scaling law's residual; 4: and a
+# second ensemble on the law plus a learning-rate ridge, averaged (FitOptions.lr_ridge). Old caches refit.
+FORMAT_VERSION = 4
 
 # Level bins (val_bpb) of the noise model; noise grows with val_bpb (docs/surrogate.md, "Noise").
 NOISE_EDGES: tuple[float, ...] = (0.98, 0.99, 1.0, 1.05, 1.2)
@@ -94,11 +95,11 @@ class FitOptions:
     # Fit the trees on the residual of a scaling law in params, tokens and steps, so they extrapolate along it
     # (docs/surrogate.md, "Fidelity"); False: trees on val_bpb itself (format 2's objective).
     scaling_law: bool = True
-    # Off by default (not adopted; docs/surrogate.md, "What was tried for extrapolation"): a second ensemble of the
-    # same trees on the residual of the law plus a shared learning-rate ridge (scaling.RidgeLaw); the noise-free
-    # value is the mean of the two ensembles' predictions and epistemic_sd the spread of all their members.
-    # Needs scaling_law.
-    lr_ridge: bool = False
+    # A second ensemble of the same trees on the residual of the law plus a shared learning-rate ridge
+    # (scaling.RidgeLaw); the noise-free value is the mean of the two ensembles' predictions and epistemic_sd the
+    # spread of all their members. The two err in opposite directions where a run walked away from the data's
+    # learning rates (docs/surrogate.md, "Second round"). Only with scaling_law: the ridge sits on the law.
+    lr_ridge: bool = True
     seed: int = 0
     num_threads: int = 1  # the machine is shared: one thread per fit avoids spin-wait collapse
 
@@ -372,9 +373,7 @@ def fit_surrogate(
         data_k = lgb.Dataset(x_ok, y_ok, weight=w_ok, init_score=init, free_raw_data=True)
         regs.append(lgb.train(params, data_k, opts.n_estimators))
     ridge, ridge_regs = None, []
-    if opts.lr_ridge:
-        if law is None:
-            raise ValueError("lr_ridge needs scaling_law (and enough architecture cells for the law)")
+    if opts.lr_ridge and law is not None:
         ridge = fit_ridge_law(ok, competitive_weight=opts.competitive_weight, weight_below=opts.weight_below)
         if ridge is not None:
             init_r = ridge.predict(frame_columns(ok))

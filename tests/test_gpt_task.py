@@ -200,7 +200,9 @@ def test_config_over_the_memory_cap_fails_with_oom(tmp_path: Path, data_dir: Pat
     space = load_space(TASK_DIR / "train.py")
     # The largest corner of the space: it must be a real out-of-memory failure, not a slow run.
     big = {name: int(space[name].high) for name in ("DEPTH", "ASPECT_RATIO", "DEVICE_BATCH_SIZE", "TOTAL_BATCH_SIZE")}
-    work = task_copy(tmp_path / "task", {**QUICK, **big})
+    # TIME_BUDGET 240 s puts the step guard at 60 s (a quarter of it): on a loaded machine the first step can
+    # take more than the 5 s of QUICK's guard before its allocations reach the cap, and this test is the cap's.
+    work = task_copy(tmp_path / "task", {**QUICK, **big, "TIME_BUDGET": 240})
     r = run_train(work, data_dir, memory_cap=cap, timeout=300)
     assert r.returncode not in (0, 3, 4), r.stdout[-2000:]
     output = r.stdout + r.stderr

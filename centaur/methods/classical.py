@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial
 
 from centaur.methods.base import MethodContext, MethodError, option_flag, register, typed_option
 from centaur.methods.failures import FailuresTold, failure_form
 from centaur.methods.seeding import PerTrialSeeded
+from centaur.methods.torch_threads import threads_option, torch_threads
 
 
 def _options(ctx: MethodContext, allowed: set[str]) -> dict:
@@ -62,13 +67,26 @@ def tpe_optuna_sampler(ctx: MethodContext) -> BaseSampler:
     return _told(sampler, ctx, "tpe-optuna")
 
 
+class _GPSampler(optuna.samplers.GPSampler):
+    """Optuna's GPSampler proposing with a few torch threads (methods/torch_threads.py)."""
+
+    def __init__(self, threads: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._torch_threads = threads
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        with torch_threads(self._torch_threads):
+            return super().sample_relative(study, trial, search_space)
+
+
 @register("gp", "Optuna GPSampler (Gaussian-process BO, log-EI); failures as constraint violations",
           failures="constraint")
 def gp_sampler(ctx: MethodContext) -> BaseSampler:
-    opts = _options(ctx, {"n_startup_trials"})
+    opts = _options(ctx, {"n_startup_trials", "threads"})
+    threads = threads_option(typed_option(opts, "threads", int))
     try:
-        sampler = optuna.samplers.GPSampler(seed=ctx.seed, n_startup_trials=typed_option(opts, "n_startup_trials",
-                                                                                          int, 10))
+        sampler = _GPSampler(threads, seed=ctx.seed, n_startup_trials=typed_option(opts, "n_startup_trials", int, 10))
     except ImportError as e:
         raise MethodError(f"the gp method needs PyTorch: pip install 'centaur-hpo[torch]' ({e})") from None
     return _told(sampler, ctx, "gp")

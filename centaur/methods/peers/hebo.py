@@ -39,14 +39,15 @@ import optuna
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial
 
-from centaur.methods.base import MethodContext, MethodError, register, reject_unknown_options, trial_seed
+from centaur.methods.base import MethodContext, MethodError, register, reject_unknown_options, trial_seed, typed_option
 from centaur.methods.failures import failure_form
 from centaur.methods.peers.asktell import PEER_FORMS, AskTellSampler, Observation, python_value
+from centaur.methods.torch_threads import DEFAULT_THREADS, threads_option, torch_threads
 from centaur.space import Param, SearchSpace
 
 log = logging.getLogger(__name__)
 
-OPTIONS = {"failures"}
+OPTIONS = {"failures", "threads"}
 SOBOL, MODEL = "hebo:sobol", "hebo:model"
 _GLOBAL_STATE = threading.Lock()  # the generators (and pymoo's entry point) are the process's, not ours
 
@@ -123,6 +124,7 @@ def seeded_pymoo(seed: int) -> Iterator[None]:
 
 class HeboSampler(AskTellSampler):
     name = "hebo"
+    threads = DEFAULT_THREADS  # torch threads while HEBO proposes (methods/torch_threads.py)
 
     def _propose(
         self, study: optuna.Study, trial: FrozenTrial, observations: list[Observation]
@@ -145,7 +147,8 @@ class HeboSampler(AskTellSampler):
             opt.sobol.fast_forward(self.origins(study).count(SOBOL))
         printed = io.StringIO()
         seed = trial_seed(self.seed, trial.number, self.name)
-        with _GLOBAL_STATE, seeded_globals(seed), seeded_pymoo(seed), contextlib.redirect_stdout(printed):
+        with (_GLOBAL_STATE, torch_threads(self.threads), seeded_globals(seed), seeded_pymoo(seed),
+              contextlib.redirect_stdout(printed)):
             rec = opt.suggest(n_suggestions=1)
         if printed.getvalue():
             log.debug("hebo, trial %d: %s", trial.number, printed.getvalue().strip())
@@ -164,4 +167,6 @@ def hebo_sampler(ctx: MethodContext) -> BaseSampler:
         raise MethodError(
             f"the hebo method needs HEBO: pip install 'centaur-hpo[hebo]' && pip install --no-deps HEBO==0.3.6 ({e})"
         ) from None
-    return HeboSampler(ctx.space, ctx.seed, failures=failure_form(ctx, "hebo", PEER_FORMS))
+    sampler = HeboSampler(ctx.space, ctx.seed, failures=failure_form(ctx, "hebo", PEER_FORMS))
+    sampler.threads = threads_option(typed_option(ctx.options, "threads", int))
+    return sampler

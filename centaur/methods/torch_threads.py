@@ -3,7 +3,7 @@
 Torch starts one intra-op thread per core. A GP over a few hundred trials works on tensors too small for
 threads to pay, and on a machine whose cores are busy (trials, other workers, a bench) the threads spin-wait
 against each other: Optuna's GPSampler on the surrogate took 5.3 s a proposal with torch's 2 threads and 1.8 s
-with one, same proposals, on the 2-core machine beside two other jobs (docs/samplers.md, "Threads"). So a
+with one, on the 2-core machine beside two other jobs (docs/samplers.md, "Threads"). So a
 proposal runs with `threads` torch threads (default 1; 0 leaves torch's setting) and the process's setting is
 put back when the last concurrent proposal ends: nothing outside a proposal changes.
 """

@@ -84,7 +84,7 @@ class _GPSampler(optuna.samplers.GPSampler):
           failures="constraint")
 def gp_sampler(ctx: MethodContext) -> BaseSampler:
     opts = _options(ctx, {"n_startup_trials", "threads"})
-    threads = threads_option(typed_option(opts, "threads", int))
+    threads = threads_option(opts)
     try:
         sampler = _GPSampler(threads, seed=ctx.seed, n_startup_trials=typed_option(opts, "n_startup_trials", int, 10))
     except ImportError as e:

@@ -3,7 +3,7 @@
 Torch starts one intra-op thread per core. A GP over a few hundred trials works on tensors too small for
 threads to pay, and on a machine whose cores are busy (trials, other workers, a bench) the threads spin-wait
 against each other: Optuna's GPSampler on the surrogate took 5.3 s a proposal with torch's 2 threads and 1.8 s
-with one, on the 2-core machine beside two other jobs (docs/samplers.md, "Threads"). So a
+with one, on the 2-core machine beside two other jobs (docs/samplers.md, "Torch threads"). So a
 proposal runs with `threads` torch threads (default 1; 0 leaves torch's setting) and the process's setting is
 put back when the last concurrent proposal ends: nothing outside a proposal changes.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 DEFAULT_THREADS = 1
 
@@ -47,12 +48,11 @@ def torch_threads(n: int) -> Iterator[None]:
                 _saved = None
 
 
-def threads_option(value: int | None) -> int:
-    """The `threads` method option: None -> the default; refuses a negative count by name."""
-    from centaur.methods.base import MethodError
+def threads_option(options: dict[str, Any]) -> int:
+    """The `threads` method option of `options`: the default when absent; refuses a negative count by name."""
+    from centaur.methods.base import MethodError, typed_option
 
-    if value is None:
-        return DEFAULT_THREADS
+    value = typed_option(options, "threads", int, DEFAULT_THREADS)
     if value < 0:
         raise MethodError(f"method option threads must be >= 0 (0 leaves torch's setting), got {value} "
                           "(-o threads=...)")

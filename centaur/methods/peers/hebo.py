@@ -39,7 +39,7 @@ import optuna
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial
 
-from centaur.methods.base import MethodContext, MethodError, register, reject_unknown_options, trial_seed, typed_option
+from centaur.methods.base import MethodContext, MethodError, register, reject_unknown_options, trial_seed
 from centaur.methods.failures import failure_form
 from centaur.methods.peers.asktell import PEER_FORMS, AskTellSampler, Observation, python_value
 from centaur.methods.torch_threads import DEFAULT_THREADS, threads_option, torch_threads
@@ -124,7 +124,11 @@ def seeded_pymoo(seed: int) -> Iterator[None]:
 
 class HeboSampler(AskTellSampler):
     name = "hebo"
-    threads = DEFAULT_THREADS  # torch threads while HEBO proposes (methods/torch_threads.py)
+
+    def __init__(self, space: SearchSpace, seed: int = 0, *, failures: str = "worst",
+                 threads: int = DEFAULT_THREADS) -> None:
+        super().__init__(space, seed, failures=failures)
+        self.threads = threads  # torch threads while HEBO proposes (methods/torch_threads.py)
 
     def _propose(
         self, study: optuna.Study, trial: FrozenTrial, observations: list[Observation]
@@ -167,6 +171,5 @@ def hebo_sampler(ctx: MethodContext) -> BaseSampler:
         raise MethodError(
             f"the hebo method needs HEBO: pip install 'centaur-hpo[hebo]' && pip install --no-deps HEBO==0.3.6 ({e})"
         ) from None
-    sampler = HeboSampler(ctx.space, ctx.seed, failures=failure_form(ctx, "hebo", PEER_FORMS))
-    sampler.threads = threads_option(typed_option(ctx.options, "threads", int))
-    return sampler
+    return HeboSampler(ctx.space, ctx.seed, failures=failure_form(ctx, "hebo", PEER_FORMS),
+                       threads=threads_option(ctx.options))

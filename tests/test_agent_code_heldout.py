@@ -166,10 +166,15 @@ def test_held_out_bytes_are_out_of_reach_of_both_sandboxes(tmp_path, monkeypatch
     script = attacked_task(tmp_path / "gpt", run_dir)
     with FakeLLMServer() as server:
         llm = LLMSettings(base_url=server.base_url, model="fake-model", max_retries=0, timeout_s=10.0)
-        result = tune(script, method="agent-code", n_trials=1, budget=None, run_dir=run_dir, llm=llm)
+        # The attack's searches run inside the training run's time: a loaded CI core needs more than the
+        # default 30 s grace (and 60 s a batch) for them; a run stopped before its hand-over tests nothing.
+        result = tune(script, method="agent-code", n_trials=1, budget=None, run_dir=run_dir, llm=llm,
+                      method_options={"grace_s": 600.0, "batch_timeout_s": 600.0})
     baseline = result.study.get_trials()[0]
     assert baseline.user_attrs[DECISION_ATTR] == "baseline", baseline.user_attrs
     trial = run_dir / result.study.study_name / "trials" / "00000"
+    assert baseline.state is optuna.trial.TrialState.COMPLETE, (
+        baseline.user_attrs, (trial / "trial.log").read_text(errors="replace")[-3000:])
     logs = {"train": (trial / "trial.log").read_text(errors="replace"),
             "scorer": (trial / "evaluation.log").read_text(errors="replace")}
     for where, log in logs.items():

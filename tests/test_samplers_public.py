@@ -242,15 +242,16 @@ def test_plain_optuna_program_finds_the_optimum_in_either_direction(make, method
         return sign * (x - 2) ** 2
 
     study = optuna.create_study(direction=direction, sampler=make(method))
-    # 40 trials: with two threads the order in which trials finish varies from run to run, and TPE's ten
-    # startup trials plus its constant liar left the last 10 of 30 too close to random one run in six.
-    study.optimize(objective, n_trials=40, n_jobs=2 if direction == "minimize" else 1)
+    # 60 trials, judged on the last 20: with two threads the order in which trials finish varies from run
+    # to run. Judged on the last 10 of 40, TPE's median passed 10 in about 6 runs of 200 (one CI run hit
+    # it); on the last 20 of 60 its worst median over 200 seeds was 4.0.
+    study.optimize(objective, n_trials=60, n_jobs=2 if direction == "minimize" else 1)
     values = [t.value for t in study.get_trials() if t.state == TrialState.COMPLETE]
-    assert len(values) == 40
+    assert len(values) == 60
     assert abs(study.best_value) < 0.5
     # Learning, not random search and not backwards: the last trials lie near the optimum. A backwards
     # optimiser drives x to the far end of the range ((x-2)^2 near 144), random search has a median near 25.
-    last = sorted(sign * v for v in values[-10:])
+    last = sorted(sign * v for v in values[-20:])
     assert last[len(last) // 2] < 10.0, last  # random search: a median near 25
 
 

@@ -282,8 +282,12 @@ def worker(
 @app.command()
 def methods() -> None:
     """List the available methods."""
+    grid = Table.grid(padding=(0, 1))  # a summary wraps under itself, not under the names
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
     for name, summary in available_methods().items():
-        console.print(Text.assemble((f"{name:14}", "bold"), f" {summary}"))
+        grid.add_row(name, summary)
+    console.print(grid)
 
 
 def _load(storage: str | None, run_dir: Path, study_name: str | None) -> list[optuna.Study]:

@@ -63,3 +63,14 @@ def test_help_texts_keep_section_names():
     text = _flat(result.output.replace("│", " "))  # the help's panel borders
     assert result.exit_code == 0
     assert "needs [task] progress" in text and "[task] fidelity" in text and "[tracking] wandb_mode" in text
+
+
+def test_methods_list_every_method_with_its_summary_wrapped_under_itself():
+    from centaur.methods import available_methods
+
+    result = _run("methods")
+    assert result.exit_code == 0, result.output
+    lines = result.output.rstrip("\n").splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines)
+    starts = [line.split()[0] for line in lines if not line.startswith(" ")]
+    assert starts == list(available_methods())  # continuation lines are indented, never flush left

@@ -14,7 +14,6 @@ from centaur.methods.base import MethodContext, MethodError, option_flag, regist
 from centaur.methods.failures import FailuresTold, failure_form
 from centaur.methods.seeding import PerTrialSeeded
 from centaur.methods.torch_threads import threads_option, torch_threads
-from centaur.methods.value_warp import WARPS, CopulaView
 
 
 def _options(ctx: MethodContext, allowed: set[str]) -> dict:
@@ -69,32 +68,25 @@ def tpe_optuna_sampler(ctx: MethodContext) -> BaseSampler:
 
 
 class _GPSampler(optuna.samplers.GPSampler):
-    """Optuna's GPSampler proposing with a few torch threads (methods/torch_threads.py), optionally
-    reading values rank-warped (methods/value_warp.py)."""
+    """Optuna's GPSampler proposing with a few torch threads (methods/torch_threads.py)."""
 
-    def __init__(self, threads: int, warp: str = "none", **kwargs: Any) -> None:
+    def __init__(self, threads: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._torch_threads = threads
-        self._warp = warp
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        seen = CopulaView(study) if self._warp == "copula" else study
         with torch_threads(self._torch_threads):
-            return super().sample_relative(seen, trial, search_space)  # type: ignore[arg-type]
+            return super().sample_relative(study, trial, search_space)
 
 
 @register("gp", "Optuna GPSampler (Gaussian-process BO, log-EI); failures as constraint violations",
           failures="constraint")
 def gp_sampler(ctx: MethodContext) -> BaseSampler:
-    opts = _options(ctx, {"n_startup_trials", "threads", "warp"})
+    opts = _options(ctx, {"n_startup_trials", "threads"})
     threads = threads_option(opts)
-    warp = str(opts.get("warp", "none"))
-    if warp not in WARPS:
-        raise MethodError(f"gp: option warp={warp!r} is not one of {', '.join(WARPS)}")
     try:
-        sampler = _GPSampler(threads, warp, seed=ctx.seed,
-                             n_startup_trials=typed_option(opts, "n_startup_trials", int, 10))
+        sampler = _GPSampler(threads, seed=ctx.seed, n_startup_trials=typed_option(opts, "n_startup_trials", int, 10))
     except ImportError as e:
         raise MethodError(f"the gp method needs PyTorch: pip install 'centaur-hpo[torch]' ({e})") from None
     return _told(sampler, ctx, "gp")
